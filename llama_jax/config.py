@@ -1,0 +1,105 @@
+"""The one config schema, shared by every file in configs/, and command-line config handling.
+
+A config file defines `get_config()` returning the ConfigDict below with its size filled in; a run
+is `--config=configs/7b.py` plus overrides such as `--config.model.remat=full`. Values are the
+paper's (Touvron et al. 2023, section 2 and Table 2) unless a comment names another source.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+
+from absl import flags
+from ml_collections import config_dict
+
+
+def base_config() -> config_dict.ConfigDict:
+  """Settings shared by every model size; size-specific fields are typed placeholders."""
+  config = config_dict.ConfigDict()
+
+  config.model = config_dict.ConfigDict()
+  config.model.vocab_size = 32000  # SentencePiece BPE vocabulary
+  config.model.dim = config_dict.placeholder(int)
+  config.model.n_layers = config_dict.placeholder(int)
+  config.model.n_heads = config_dict.placeholder(int)
+  # SwiGLU hidden size: 2/3 * 4 * dim rounded up to a multiple of 256 (Meta's model code).
+  config.model.ffn_dim = config_dict.placeholder(int)
+  config.model.context_length = 2048
+  config.model.norm_eps = 1e-6  # Meta's model code
+  config.model.rope_theta = 10000.0
+  config.model.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
+  config.model.param_dtype = "float32"
+  config.model.remat = "save_linear"  # none | full | save_linear (paper 2.4)
+  config.model.attention = "xla"
+
+  config.optim = config_dict.ConfigDict()
+  config.optim.peak_lr = config_dict.placeholder(float)
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.95
+  config.optim.eps = 1e-8  # not in the paper; PyTorch's and optax's AdamW default
+  config.optim.weight_decay = 0.1
+  config.optim.grad_clip_norm = 1.0
+  config.optim.warmup_steps = 2000
+  config.optim.final_lr_ratio = 0.1  # cosine decay to 10% of the peak
+
+  config.train = config_dict.ConfigDict()
+  config.train.batch_size = 2048  # sequences: 2048 x 2048 tokens = 4M tokens per step
+  config.train.total_tokens = config_dict.placeholder(float)
+  config.train.seed = 0
+  return config
+
+
+def load_config_file(path: str | Path) -> config_dict.ConfigDict:
+  """Runs `get_config()` of a config file given by path."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location(f"_llama_jax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise AttributeError(f"config file {path} defines no get_config() function")
+  return module.get_config()
+
+
+def _unknown_override(argv: list[str], flag_name: str) -> str | None:
+  """Describes the first `--config.KEY=...` in argv whose KEY the config file does not have."""
+  config_file = None
+  for i, arg in enumerate(argv):
+    name, has_value, value = arg.partition("=")
+    if name in (f"--{flag_name}", f"-{flag_name}"):
+      config_file = value if has_value else next(iter(argv[i + 1:i + 2]), None)
+  if config_file is None:
+    return None
+  config = load_config_file(config_file)
+  for arg in argv:
+    if not arg.startswith(f"--{flag_name}."):
+      continue
+    key = arg.split("=", 1)[0].split(".", 1)[1]
+    node, found = config, [flag_name]
+    for part in key.split("."):
+      if not isinstance(node, config_dict.ConfigDict):
+        return f"--{flag_name}.{key}: {'.'.join(found)} in {config_file} is a value, not a section"
+      if part not in node:
+        hint = difflib.get_close_matches(part, node.keys(), n=1)
+        return (f"--{flag_name}.{key}: {config_file} has no key {part!r} in {'.'.join(found)}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (keys there: {', '.join(sorted(node.keys()))})")
+      node = node[part]
+      found.append(part)
+  return None
+
+
+def parse_flags(argv: list[str], flag_name: str = "config") -> list[str]:
+  """absl `flags_parser` that reports a typo'd `--config.KEY` as one line naming the key."""
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError) as error:  # what config_flags raises for an unknown key
+    message = _unknown_override(argv, flag_name) or f"bad --{flag_name} override: {error}"
+  except flags.Error as error:
+    message = str(error)
+  print(f"error: {message}\nRun with --helpshort for the flags.", file=sys.stderr)
+  sys.exit(2)

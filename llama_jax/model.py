@@ -1,0 +1,239 @@
+"""The LLaMA-1 decoder in Flax NNX (Touvron et al. 2023, section 2.2).
+
+Pre-normalisation with RMSNorm, SwiGLU feed-forward, rotary position embeddings, no biases and
+untied input/output embeddings. The layers are created stacked (a leading `layers` axis on every
+block parameter) and run with `jax.lax.scan`, so compile time does not grow with depth.
+
+Every parameter carries logical axis names in its `out_sharding` metadata; the sharding module maps
+them onto a device mesh. Parameters are float32, the forward pass computes in `config.dtype`
+(bfloat16 by default) and returns float32 logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from llama_jax.attention import IMPLEMENTATIONS, dot_product_attention
+
+REMAT_POLICIES = ("none", "full", "save_linear")
+
+# Names given (with `checkpoint_name`) to the output of every linear layer in a block; the
+# `save_linear` policy keeps exactly these and recomputes norms, RoPE, SiLU and attention.
+LINEAR_OUTPUTS = ("query", "key", "value", "attention_out", "mlp_gate", "mlp_up", "mlp_down")
+
+# No published LLaMA-1 initialisation; N(0, 0.02) is Hugging Face's LLaMA default.
+_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyperparameters of the network (the `model` section of a config file)."""
+
+  vocab_size: int
+  dim: int
+  n_layers: int
+  n_heads: int
+  ffn_dim: int
+  context_length: int = 2048
+  norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+  remat: str = "save_linear"
+  attention: str = "xla"
+
+  def __post_init__(self):
+    for name in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_dim", "context_length"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+    if self.dim % self.n_heads:
+      raise ValueError(
+          f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
+    if self.head_dim % 2:
+      raise ValueError(f"head dim dim/n_heads = {self.head_dim} must be even for RoPE")
+    for name in ("dtype", "param_dtype"):
+      try:
+        jnp.dtype(getattr(self, name))
+      except TypeError:
+        raise ValueError(
+            f"model.{name}={getattr(self, name)!r} is not a dtype name "
+            "(use e.g. 'bfloat16' or 'float32')") from None
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r}; choose one of {REMAT_POLICIES}")
+    if self.attention not in IMPLEMENTATIONS:
+      raise ValueError(f"model.attention={self.attention!r}; choose one of {IMPLEMENTATIONS}")
+
+  @classmethod
+  def from_dict(cls, model: Mapping) -> ModelConfig:
+    """Builds from the `model` section of a config, naming unknown or missing keys."""
+    model = dict(model)
+    known = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(model) - known):
+      raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+    if missing := sorted(
+        k for k in known if model.get(k) is None
+        and cls.__dataclass_fields__[k].default is dataclasses.MISSING):
+      raise ValueError(f"model config is missing required keys {missing}")
+    return cls(**model)
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.n_heads
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], config: ModelConfig,
+           init=_INIT) -> nnx.Param:
+  # eager_sharding=False: the logical names are data for the sharding rules; placing the arrays on
+  # a mesh is the caller's job (jit out_shardings), so building a model needs no mesh in context.
+  return nnx.Param(init(rngs.params(), shape, jnp.dtype(config.param_dtype)),
+                   out_sharding=axes, eager_sharding=False)
+
+
+def _linear(x: jax.Array, kernel: nnx.Param, equation: str, name: str) -> jax.Array:
+  return checkpoint_name(jnp.einsum(equation, x, kernel[...].astype(x.dtype)), name)
+
+
+class RMSNorm(nnx.Module):
+  """x / rms(x) * scale, computed in float32 (Zhang & Sennrich 2019)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.eps = config.norm_eps
+    self.scale = _param(rngs, (config.dim,), ("embed",), config, nnx.initializers.ones)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+def rope_angles(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos and sin of the rotation angles, each [length, head_dim // 2] float32."""
+  inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles = jnp.outer(jnp.arange(length, dtype=jnp.float32), inv_freq)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates interleaved pairs (x0, x1), (x2, x3), ... of x [batch, seq, heads, head_dim].
+
+  This is Meta's layout; Hugging Face checkpoints rotate halves instead and are converted by
+  permuting the q/k projection rows (see llama_jax.convert).
+  """
+  pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+  even, odd = pairs[..., 0], pairs[..., 1]
+  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
+  return rotated.reshape(x.shape).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Causal multi-head self-attention with RoPE on queries and keys."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.implementation = config.attention
+    qkv_shape = (config.dim, config.n_heads, config.head_dim)
+    qkv_axes = ("embed", "heads", "kv")
+    self.wq = _param(rngs, qkv_shape, qkv_axes, config)
+    self.wk = _param(rngs, qkv_shape, qkv_axes, config)
+    self.wv = _param(rngs, qkv_shape, qkv_axes, config)
+    self.wo = _param(rngs, (config.n_heads, config.head_dim, config.dim), ("heads", "kv", "embed"),
+                     config)
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    q = apply_rope(_linear(x, self.wq, "btd,dhk->bthk", "query"), cos, sin)
+    k = apply_rope(_linear(x, self.wk, "btd,dhk->bthk", "key"), cos, sin)
+    v = _linear(x, self.wv, "btd,dhk->bthk", "value")
+    out = dot_product_attention(q, k, v, causal=True, implementation=self.implementation)
+    return _linear(out, self.wo, "bthk,hkd->btd", "attention_out")
+
+
+class FeedForward(nnx.Module):
+  """SwiGLU: w2(silu(w1 x) * w3 x) (Shazeer 2020)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.w1 = _param(rngs, (config.dim, config.ffn_dim), ("embed", "mlp"), config)
+    self.w3 = _param(rngs, (config.dim, config.ffn_dim), ("embed", "mlp"), config)
+    self.w2 = _param(rngs, (config.ffn_dim, config.dim), ("mlp", "embed"), config)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gate = _linear(x, self.w1, "btd,df->btf", "mlp_gate")
+    up = _linear(x, self.w3, "btd,df->btf", "mlp_up")
+    return _linear(jax.nn.silu(gate) * up, self.w2, "btf,fd->btd", "mlp_down")
+
+
+class Block(nnx.Module):
+  """x + attention(norm(x)), then + feed_forward(norm(.)): pre-normalisation."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.attention_norm = RMSNorm(config, rngs=rngs)
+    self.attention = Attention(config, rngs=rngs)
+    self.ffn_norm = RMSNorm(config, rngs=rngs)
+    self.feed_forward = FeedForward(config, rngs=rngs)
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    x = x + self.attention(self.attention_norm(x), cos, sin)
+    return x + self.feed_forward(self.ffn_norm(x))
+
+
+def _remat(fn, policy: str):
+  if policy == "none":
+    return fn
+  saveable = (jax.checkpoint_policies.save_only_these_names(*LINEAR_OUTPUTS)
+              if policy == "save_linear" else jax.checkpoint_policies.nothing_saveable)
+  # prevent_cse=False is safe under scan and lets XLA share work between the recomputed copies.
+  return jax.checkpoint(fn, policy=saveable, prevent_cse=False)
+
+
+class Llama(nnx.Module):
+  """tokens int32 [batch, seq] -> logits float32 [batch, seq, vocab]."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embedding = _param(rngs, (config.vocab_size, config.dim), ("vocab", "embed"), config)
+
+    @nnx.split_rngs(splits=config.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def stacked_blocks(rngs: nnx.Rngs) -> Block:
+      return Block(config, rngs=rngs)
+
+    self.layers = stacked_blocks(rngs)
+    self.norm = RMSNorm(config, rngs=rngs)
+    self.output = _param(rngs, (config.dim, config.vocab_size), ("embed", "vocab"), config)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    config = self.config
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(f"tokens must be integers shaped [batch, seq], got {tokens.dtype}"
+                       f"{list(tokens.shape)}")
+    if tokens.shape[1] > config.context_length:
+      raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.context_length "
+                       f"{config.context_length}")
+    dtype = jnp.dtype(config.dtype)
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
+    cos, sin = rope_angles(tokens.shape[1], config.head_dim, config.rope_theta)
+
+    block_def, block_state = nnx.split(self.layers)
+
+    def layer(x, state):
+      return nnx.merge(block_def, state)(x, cos, sin), None
+
+    x, _ = jax.lax.scan(_remat(layer, config.remat), x, block_state)
+    x = self.norm(x)
+    return jnp.einsum("btd,dv->btv", x, self.output[...].astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def abstract_model(config: ModelConfig) -> Llama:
+  """The model with shapes and dtypes but no memory allocated (jax.eval_shape)."""
+  return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+
+
+def count_params(model: Llama) -> int:
+  return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
