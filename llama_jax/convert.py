@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
+from tqdm import tqdm
 
 from llama_jax.model import Llama, ModelConfig, abstract_model
 
@@ -66,7 +67,7 @@ def _read_safetensors(directory: Path) -> dict[str, np.ndarray]:
   tensors = {}
   # framework="flax" reads bfloat16, which numpy cannot; keep the arrays on the host.
   with jax.default_device(jax.devices("cpu")[0]):
-    for file in files:
+    for file in tqdm(files, desc=f"reading {directory}", unit="file", disable=len(files) < 2):
       with safe_open(file, framework="flax") as f:
         for name in f.keys():
           tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)

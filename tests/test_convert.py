@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llama_jax import from_pretrained
+from llama_jax.convert import model_config_from_hf
 
 # A small random LLaMA; eps and theta differ from the defaults so that reading them is tested.
 HF_CONFIG = dict(vocab_size=101, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
@@ -121,3 +122,13 @@ def test_wrong_tensors_are_reported(hf_model, tmp_path):
   save_file({**state, "model.norm.weight": torch.zeros(5)}, tmp_path / "model.safetensors")
   with pytest.raises(ValueError, match=r"\['norm'\]\['scale'\] has shape \(5,\)"):
     from_pretrained(tmp_path)
+
+
+def test_config_json_from_transformers_4_is_read():
+  # transformers 4.x writes rope_theta at the top level; 5.x nests it in rope_parameters.
+  config = model_config_from_hf({
+      "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+      "num_hidden_layers": 32, "num_attention_heads": 32, "rope_theta": 500000.0,
+      "rms_norm_eps": 1e-5, "rope_scaling": None, "max_position_embeddings": 4096})
+  assert (config.dim, config.ffn_dim, config.n_layers, config.n_heads) == (4096, 11008, 32, 32)
+  assert (config.rope_theta, config.norm_eps, config.context_length) == (500000.0, 1e-5, 4096)
