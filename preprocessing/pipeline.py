@@ -1,0 +1,220 @@
+"""Beam wiring shared by every source: read, filter with counted drops, deduplicate, write, stats.
+
+Filters stay plain functions (preprocessing.document.Filter); this module only connects them.
+Every count is a Beam counter in the `preprocessing` namespace, so it is exact on any runner and
+ends up in `stats.json`:
+  documents_read, documents_written          documents entering the filters / written out
+  dropped/<reason>                           documents a filter or stage removed
+  malformed/<reason>                         input that could not become a document
+  lines_removed/<reason>                     lines removed from documents that were kept
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import Metrics, MetricsFilter
+
+from preprocessing.document import Document, Drop, Filter
+from preprocessing.wet import Malformed, read_wet
+
+NAMESPACE = "preprocessing"
+
+# A tqdm bar over input bytes while the pipeline runs in this process (DirectRunner in memory);
+# set by preprocessing.run. Workers of a distributed runner never see it.
+progress_bar = None
+
+
+def count(name: str, amount: int = 1) -> None:
+  Metrics.counter(NAMESPACE, name).inc(amount)
+
+
+class ApplyFilters(beam.DoFn):
+  """Runs filters in order; the first Drop ends the document and is counted by its reason."""
+
+  def __init__(self, filters: Sequence[Filter]):
+    self.filters = list(filters)
+
+  def process(self, doc: Document) -> Iterable[Document]:
+    for keep_or_drop in self.filters:
+      result = keep_or_drop(doc)
+      if isinstance(result, Drop):
+        count(f"dropped/{result.reason}")
+        return
+      doc = result
+    yield doc
+
+
+def _malformed(reason: str, where: str) -> None:
+  count(f"malformed/{reason}")
+  logging.warning("malformed input (%s): %s", reason, where)
+
+
+def _read_wet_file(readable: fileio.ReadableFile, source: str) -> Iterable[Document]:
+  path = readable.metadata.path
+  with readable.open() as stream:
+    for item in read_wet(stream, path, source):
+      if isinstance(item, Malformed):
+        _malformed(item.reason, item.where)
+      else:
+        count("documents_read")
+        yield item
+  if progress_bar is not None:
+    progress_bar.update(readable.metadata.size_in_bytes)
+
+
+def _read_jsonl_file(readable: fileio.ReadableFile, source: str,
+                     parse: Callable[[str, str], Document]) -> Iterable[Document]:
+  path = readable.metadata.path
+  with readable.open() as stream:  # decompresses .gz / .zst by the file name
+    for number, raw in enumerate(stream, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError:
+        _malformed("invalid_utf8", f"{path}:{number}")
+        continue
+      if not line.strip():
+        continue
+      try:
+        doc = parse(line, f"{path}:{number}")
+      except ValueError as error:
+        _malformed("bad_json_record", str(error))
+        continue
+      count("documents_read")
+      yield doc
+  if progress_bar is not None:
+    progress_bar.update(readable.metadata.size_in_bytes)
+
+
+class ReadWet(beam.PTransform):
+  """Documents from the WET files matching a glob."""
+
+  def __init__(self, pattern: str, source: str):
+    super().__init__()
+    self.pattern, self.source = pattern, source
+
+  def expand(self, pipeline):
+    return (pipeline
+            | "MatchWet" >> fileio.MatchFiles(self.pattern)
+            | "OpenWet" >> fileio.ReadMatches()
+            | "ParseWet" >> beam.FlatMap(_read_wet_file, self.source))
+
+
+class ReadJsonl(beam.PTransform):
+  """Documents from JSON-lines files; `parse(line, where)` turns one line into a Document."""
+
+  def __init__(self, pattern: str, source: str, parse: Callable[[str, str], Document]):
+    super().__init__()
+    self.pattern, self.source, self.parse = pattern, source, parse
+
+  def expand(self, pipeline):
+    return (pipeline
+            | "MatchJsonl" >> fileio.MatchFiles(self.pattern)
+            | "OpenJsonl" >> fileio.ReadMatches()
+            | "ParseJsonl" >> beam.FlatMap(_read_jsonl_file, self.source, self.parse))
+
+
+def _line_occurrences(doc: Document, line_key: Callable[[str], object]):
+  for index, line in enumerate(doc.text.split("\n")):
+    yield line_key(line), (doc.id, index)
+
+
+def _duplicate_occurrences(key_and_places, keep_first: bool):
+  _, places = key_and_places
+  places = sorted(places)
+  if len(places) > 1:
+    yield from places[1:] if keep_first else places
+
+
+def _remove_lines(id_and_groups, reason: str):
+  _, groups = id_and_groups
+  doc, *same_id = groups["doc"]
+  count("dropped/duplicate_document_id", len(same_id))
+  remove = set(groups["remove"])
+  if not remove:
+    yield doc
+    return
+  lines = doc.text.split("\n")
+  kept = [line for i, line in enumerate(lines) if i not in remove]
+  count(f"lines_removed/{reason}", len(lines) - len(kept))
+  if not any(line.strip() for line in kept):
+    count(f"dropped/all_lines_{reason}")
+    return
+  doc.text = "\n".join(kept)
+  doc.metadata[f"lines_removed_{reason}"] = len(lines) - len(kept)
+  yield doc
+
+
+class DeduplicateLines(beam.PTransform):
+  """Removes lines whose key occurs more than once across the whole input.
+
+  keep_first=False removes every occurrence (CCNet's two-pass dedup, which strips boilerplate
+  such as menus and cookie notices from every page); keep_first=True keeps the occurrence in the
+  document with the smallest id (C4). Keys are joined back to documents by id with
+  CoGroupByKey, so no runner has to hold the set of keys in memory.
+  """
+
+  def __init__(self, line_key: Callable[[str], object], keep_first: bool, reason: str):
+    super().__init__()
+    self.line_key, self.keep_first, self.reason = line_key, keep_first, reason
+
+  def expand(self, docs):
+    remove = (docs
+              | "LineKeys" >> beam.FlatMap(_line_occurrences, self.line_key)
+              | "GroupLineKeys" >> beam.GroupByKey()
+              | "Duplicates" >> beam.FlatMap(_duplicate_occurrences, self.keep_first))
+    by_id = docs | "KeyById" >> beam.Map(lambda doc: (doc.id, doc))
+    return ({"doc": by_id, "remove": remove}
+            | "JoinById" >> beam.CoGroupByKey()
+            | "RemoveLines" >> beam.FlatMap(_remove_lines, self.reason))
+
+
+class WriteDocuments(beam.PTransform):
+  """JSONL shards `documents-SSSSS-of-NNNNN.jsonl[.gz|.zst]` under `output`."""
+
+  SUFFIXES = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
+
+  def __init__(self, output: str, compression: str = "gzip", num_shards: int = 0):
+    super().__init__()
+    self.output, self.compression, self.num_shards = output, compression, num_shards
+
+  def expand(self, docs):
+    def counted_json(doc: Document) -> str:
+      count("documents_written")
+      return doc.to_json()
+
+    return (docs
+            | "ToJson" >> beam.Map(counted_json)
+            | "WriteShards" >> beam.io.WriteToText(
+                FileSystems.join(self.output, "documents"),
+                file_name_suffix=self.SUFFIXES[self.compression], num_shards=self.num_shards))
+
+
+def collect_stats(result) -> dict:
+  """Counters of a finished pipeline as {documents_read, documents_written, dropped: {...}, ...}."""
+  counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+  stats = {"documents_read": 0, "documents_written": 0, "dropped": {}, "malformed": {},
+           "lines_removed": {}}
+  for counter in counters:
+    name = counter.key.metric.name
+    value = counter.committed if counter.committed is not None else counter.attempted
+    group, _, reason = name.partition("/")
+    if reason:
+      stats[group][reason] = stats[group].get(reason, 0) + value
+    else:
+      stats[name] = stats.get(name, 0) + value
+  for group in ("dropped", "malformed", "lines_removed"):
+    stats[group] = dict(sorted(stats[group].items()))
+  return stats
+
+
+def write_stats(stats: dict, output: str) -> str:
+  path = FileSystems.join(output, "stats.json")
+  with FileSystems.create(path) as f:
+    f.write((json.dumps(stats, indent=2) + "\n").encode("utf-8"))
+  return path
