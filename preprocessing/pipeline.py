@@ -134,17 +134,18 @@ def _duplicate_occurrences(key_and_places, keep_first: bool):
 def _remove_lines(id_and_groups, reason: str):
   _, groups = id_and_groups
   doc, *same_id = groups["doc"]
-  count("dropped/duplicate_document_id", len(same_id))
+  if same_id:  # the same record given twice: its lines are all duplicates of each other
+    count("dropped/duplicate_document_id", len(same_id))
   remove = set(groups["remove"])
   if not remove:
     yield doc
     return
   lines = doc.text.split("\n")
   kept = [line for i, line in enumerate(lines) if i not in remove]
-  count(f"lines_removed/{reason}", len(lines) - len(kept))
   if not any(line.strip() for line in kept):
     count(f"dropped/all_lines_{reason}")
     return
+  count(f"lines_removed/{reason}", len(lines) - len(kept))
   doc.text = "\n".join(kept)
   doc.metadata[f"lines_removed_{reason}"] = len(lines) - len(kept)
   yield doc
