@@ -14,7 +14,7 @@ $(VENV)/installed-base: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,data]'
 	touch $@
 
 demo: $(VENV)/installed-base

@@ -1,5 +1,8 @@
 """CommonCrawl WET files: WARC/1.0 `conversion` records holding the plain text of one page each.
 
+Writing (`wet_bytes`) follows the WARC/1.0 layout byte by byte, independently of warcio, for
+test and benchmark inputs.
+
 Parsing uses warcio. Damage is reported, never fatal: a record whose payload is shorter than its
 Content-Length (a truncated download), text that is not UTF-8, an empty or unreadable file each
 yield a `Malformed` with a reason, and reading goes on where it can.
@@ -7,8 +10,10 @@ yield a `Malformed` with a reason, and reading goes on where it can.
 
 from __future__ import annotations
 
+import gzip
+import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO, NamedTuple
 
 from warcio.archiveiterator import ArchiveIterator
@@ -55,3 +60,32 @@ def read_wet(stream: BinaryIO, name: str, source: str = "ccnet") -> Iterator[Doc
     return
   if records == 0:
     yield Malformed("empty_file", name)
+
+
+def _warc_record(headers: dict[str, str], body: bytes) -> bytes:
+  head = "\r\n".join(["WARC/1.0", *(f"{k}: {v}" for k, v in headers.items()),
+                      f"Content-Length: {len(body)}"])
+  return head.encode() + b"\r\n\r\n" + body + b"\r\n\r\n"
+
+
+def wet_bytes(pages: Sequence[tuple[str, str | bytes]], compress: bool = True) -> bytes:
+  """A WET file of (url, text) pages: a warcinfo record, then one conversion record per page.
+
+  Compressed as CommonCrawl ships WET: each record its own gzip member.
+  """
+  records = [_warc_record(
+      {"WARC-Type": "warcinfo", "WARC-Date": "2019-08-17T22:40:17Z",
+       "WARC-Filename": "CC-MAIN-20190817203056-20190817225056-00000.warc.wet.gz",
+       "WARC-Record-ID": f"<urn:uuid:{uuid.UUID(int=0)}>",
+       "Content-Type": "application/warc-fields"},
+      b"Software-Info: ia-web-commons.1.1.9-SNAPSHOT-20190814040449\r\n")]
+  for number, (url, text) in enumerate(pages, 1):
+    records.append(_warc_record(
+        {"WARC-Type": "conversion", "WARC-Target-URI": url, "WARC-Date": "2019-08-17T21:00:00Z",
+         "WARC-Record-ID": f"<urn:uuid:{uuid.UUID(int=number)}>",
+         "WARC-Refers-To": f"<urn:uuid:{uuid.UUID(int=10**9 + number)}>",
+         "Content-Type": "text/plain"},
+        text.encode("utf-8") if isinstance(text, str) else text))
+  if compress:
+    return b"".join(gzip.compress(r, compresslevel=1) for r in records)
+  return b"".join(records)

@@ -2,8 +2,7 @@
 
 import io
 
-from preprocessing.wet import Malformed, read_wet
-from wet_files import wet_records, write_wet
+from preprocessing.wet import Malformed, read_wet, wet_bytes
 
 PAGES = [("http://a.example/", "First page.\nSecond line."), ("http://b.example/", "Zweite Seite.")]
 
@@ -12,10 +11,9 @@ def _read(data: bytes):
   return list(read_wet(io.BytesIO(data), "test.warc.wet.gz"))
 
 
-def test_conversion_records_become_documents(tmp_path):
+def test_conversion_records_become_documents():
   for compress in (True, False):
-    path = write_wet(tmp_path / "x.warc.wet.gz", PAGES, compress=compress)
-    docs = _read(path.read_bytes())
+    docs = _read(wet_bytes(PAGES, compress=compress))
     assert [d.text for d in docs] == [text for _, text in PAGES]
     assert docs[0].metadata["url"] == "http://a.example/"
     assert docs[0].metadata["date"] == "2019-08-17T21:00:00Z"
@@ -23,16 +21,14 @@ def test_conversion_records_become_documents(tmp_path):
     assert {d.source for d in docs} == {"ccnet"}
 
 
-def test_truncated_record_is_reported(tmp_path):
-  data = write_wet(tmp_path / "x.warc.wet", PAGES, compress=False).read_bytes()
-  items = _read(data[:-20])
+def test_truncated_record_is_reported():
+  items = _read(wet_bytes(PAGES, compress=False)[:-20])
   assert [type(i).__name__ for i in items] == ["Document", "Malformed"]
   assert items[1].reason == "truncated_record"
 
 
 def test_invalid_utf8_is_reported_and_reading_goes_on():
-  records = wet_records([("http://a.example/", b"caf\xe9 latin-1"), *PAGES])
-  items = _read(b"".join(records))
+  items = _read(wet_bytes([("http://a.example/", b"caf\xe9 latin-1"), *PAGES]))
   assert isinstance(items[0], Malformed) and items[0].reason == "invalid_utf8"
   assert [i.text for i in items[1:]] == [text for _, text in PAGES]
 
