@@ -1,0 +1,95 @@
+"""fastText steps of CCNet: language id, minimum length, the reference classifier and its trainer."""
+
+import pickle
+import random
+
+import pytest
+
+from benchmarks import synthetic_web
+from preprocessing.ccnet import train_reference_classifier
+from preprocessing.ccnet.language_id import LanguageIdentifier, min_length
+from preprocessing.ccnet.reference_classifier import ReferenceFilter
+from preprocessing.document import Document, Drop
+
+
+def train_language_id(path):
+  """A two-language fastText model on generated English-like and French-like lines."""
+  import fasttext
+
+  rng = random.Random(0)
+  lines = [f"__label__{lang} {synthetic_web._paragraph(rng, words)}\n"
+           for _ in range(400)
+           for lang, words in (("en", synthetic_web.ENGLISH), ("fr", synthetic_web.FRENCH))]
+  train_file = path.parent / "lid_train.txt"
+  train_file.write_text("".join(lines))
+  fasttext.train_supervised(str(train_file), epoch=5, seed=0, thread=1, verbose=0).save_model(
+      str(path))
+  return path
+
+
+@pytest.fixture(scope="module")
+def lid_model(tmp_path_factory):
+  return train_language_id(tmp_path_factory.mktemp("lid") / "lid.bin")
+
+
+def _doc(text):
+  return Document(id="x", source="ccnet", text=text)
+
+
+def test_min_length_boundary():
+  assert min_length(_doc("a" * 300)).text == "a" * 300
+  assert min_length(_doc("a" * 299)) == Drop("too_short")
+
+
+def test_language_id_keeps_english_and_names_the_rest(lid_model):
+  rng = random.Random(1)
+  identify = pickle.loads(pickle.dumps(LanguageIdentifier(str(lid_model))))
+  english = identify(_doc(synthetic_web.page(rng, "english")))
+  assert english.metadata["language"] == "en" and english.metadata["language_score"] >= 0.5
+  french = _doc(synthetic_web.page(rng, "french"))
+  assert identify(french) == Drop("language_fr")
+  assert french.metadata["language"] == "fr"
+  strict = LanguageIdentifier(str(lid_model), threshold=1.01)
+  assert strict(_doc(synthetic_web.page(rng, "english"))) == Drop("language_low_confidence")
+
+
+def test_missing_model_fails_when_the_filter_is_built(tmp_path):
+  with pytest.raises(FileNotFoundError, match="lid.176.bin"):
+    LanguageIdentifier(str(tmp_path / "missing.bin"))
+  with pytest.raises(FileNotFoundError, match="train_reference_classifier"):
+    ReferenceFilter(str(tmp_path / "missing.bin"))
+
+
+def _write_jsonl(path, texts):
+  path.write_text("".join(_doc(t).to_json() + "\n" for t in texts))
+  return str(path)
+
+
+def test_reference_classifier_trains_and_filters(tmp_path):
+  rng = random.Random(2)
+  positives = _write_jsonl(tmp_path / "wiki.jsonl",
+                           [synthetic_web.page(rng, "english") for _ in range(150)])
+  negatives = _write_jsonl(tmp_path / "cc.jsonl",
+                           [synthetic_web.page(rng, "junk") for _ in range(150)])
+  report = train_reference_classifier.train([positives], [negatives], str(tmp_path / "ref.bin"),
+                                            valid_fraction=0.2, epoch=5)
+  assert report["held_out_examples"] == 60
+  assert min(report["held_out_precision_recall"]) > 0.9
+  keep = pickle.loads(pickle.dumps(ReferenceFilter(str(tmp_path / "ref.bin"))))
+  reference = keep(_doc(synthetic_web.page(rng, "english")))
+  assert reference.metadata["reference_score"] > 0.5
+  assert keep(_doc(synthetic_web.page(rng, "junk"))) == Drop("not_reference")
+
+
+def test_reference_trainer_reports_bad_input(tmp_path):
+  good = _write_jsonl(tmp_path / "good.jsonl", ["some text"])
+  with pytest.raises(FileNotFoundError, match="missing.jsonl not found"):
+    train_reference_classifier.train([good], [str(tmp_path / "missing.jsonl")], "x.bin")
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(_doc("fine").to_json() + "\n{broken\n")
+  with pytest.raises(ValueError, match="bad.jsonl:2: not valid JSON"):
+    train_reference_classifier.train([good], [str(bad)], "x.bin")
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("\n")
+  with pytest.raises(ValueError, match=r"no documents in .*empty.jsonl.* for __label__cc"):
+    train_reference_classifier.train([good], [str(empty)], "x.bin")
