@@ -1,4 +1,4 @@
-"""fastText steps of CCNet: language id, minimum length, the reference classifier and its trainer."""
+"""fastText steps of CCNet: language id, minimum length and the reference classifier."""
 
 import pickle
 import random
