@@ -20,7 +20,7 @@ import apache_beam as beam
 
 from preprocessing.ccnet.language_id import LanguageIdentifier, min_length
 from preprocessing.ccnet.normalize import line_hash
-from preprocessing.ccnet.perplexity import PerplexityScorer
+from preprocessing.ccnet.perplexity import PerplexityScorer, parse_cutoffs
 from preprocessing.ccnet.reference_classifier import ReferenceFilter
 from preprocessing.pipeline import ApplyFilters, DeduplicateLines, ReadWet
 
@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   group.add_argument("--spm_model", help="SentencePiece model the KenLM model was trained on")
   group.add_argument("--keep_buckets", default="head,middle",
                      help="perplexity buckets to keep (head, middle, tail)")
+  group.add_argument("--perplexity_cutoffs", default="en:340:520",
+                     help="LANG:HEAD_MAX:MIDDLE_MAX,... (cc_net cutoff.csv, 30th/60th percentile)")
   group.add_argument("--reference_model", help="fastText model from train_reference_classifier")
   group.add_argument("--reference_threshold", type=float, default=0.5)
   group.add_argument("--skip", default="", help=f"steps to leave out, from {OPTIONAL_STEPS}")
@@ -65,7 +67,8 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace) -> beam.PCollection
                                 threshold=args.lid_threshold)]
   if "perplexity" not in skipped:
     filters.append(PerplexityScorer(args.lm_model, args.spm_model,
-                                    keep_buckets=tuple(args.keep_buckets.split(","))))
+                                    keep_buckets=tuple(args.keep_buckets.split(",")),
+                                    cutoffs=parse_cutoffs(args.perplexity_cutoffs)))
   if "reference" not in skipped:
     filters.append(ReferenceFilter(args.reference_model, threshold=args.reference_threshold))
   return (pipeline
