@@ -72,7 +72,8 @@ def _read_jsonl_file(readable: fileio.ReadableFile, source: str,
                      parse: Callable[[str, str], Document]) -> Iterable[Document]:
   path = readable.metadata.path
   with readable.open() as stream:  # decompresses .gz / .zst by the file name
-    for number, raw in enumerate(stream, 1):
+    # Beam's CompressedFile is not iterable, but reads lines.
+    for number, raw in enumerate(iter(stream.readline, b""), 1):
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError:

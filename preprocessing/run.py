@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
     pipeline.progress_bar = bar if in_process else None
     try:
       root = beam.Pipeline(options=options)
-      docs = source.build(root, args)
+      try:
+        docs = source.build(root, args)
+      except (FileNotFoundError, ValueError) as error:  # models and lists named by flags
+        parser.error(str(error))
       docs | "Write" >> pipeline.WriteDocuments(args.output, args.compression, args.num_shards)
       result = root.run()
       result.wait_until_finish()

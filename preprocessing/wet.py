@@ -71,6 +71,8 @@ def _warc_record(headers: dict[str, str], body: bytes) -> bytes:
 def wet_bytes(pages: Sequence[tuple[str, str | bytes]], compress: bool = True) -> bytes:
   """A WET file of (url, text) pages: a warcinfo record, then one conversion record per page.
 
+  Record ids are UUIDs derived from the URL, unique across files as CommonCrawl's are.
+
   Compressed as CommonCrawl ships WET: each record its own gzip member.
   """
   records = [_warc_record(
@@ -79,11 +81,11 @@ def wet_bytes(pages: Sequence[tuple[str, str | bytes]], compress: bool = True) -
        "WARC-Record-ID": f"<urn:uuid:{uuid.UUID(int=0)}>",
        "Content-Type": "application/warc-fields"},
       b"Software-Info: ia-web-commons.1.1.9-SNAPSHOT-20190814040449\r\n")]
-  for number, (url, text) in enumerate(pages, 1):
+  for url, text in pages:
     records.append(_warc_record(
         {"WARC-Type": "conversion", "WARC-Target-URI": url, "WARC-Date": "2019-08-17T21:00:00Z",
-         "WARC-Record-ID": f"<urn:uuid:{uuid.UUID(int=number)}>",
-         "WARC-Refers-To": f"<urn:uuid:{uuid.UUID(int=10**9 + number)}>",
+         "WARC-Record-ID": f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, url)}>",
+         "WARC-Refers-To": f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'warc:' + url)}>",
          "Content-Type": "text/plain"},
         text.encode("utf-8") if isinstance(text, str) else text))
   if compress:

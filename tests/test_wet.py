@@ -1,6 +1,7 @@
 """WET parsing: documents from conversion records; damaged input counted, not fatal."""
 
 import io
+import uuid
 
 from preprocessing.wet import Malformed, read_wet, wet_bytes
 
@@ -17,7 +18,7 @@ def test_conversion_records_become_documents():
     assert [d.text for d in docs] == [text for _, text in PAGES]
     assert docs[0].metadata["url"] == "http://a.example/"
     assert docs[0].metadata["date"] == "2019-08-17T21:00:00Z"
-    assert docs[0].id == "urn:uuid:00000000-0000-0000-0000-000000000001"
+    assert docs[0].id == f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'http://a.example/')}"
     assert {d.source for d in docs} == {"ccnet"}
 
 

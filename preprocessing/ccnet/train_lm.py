@@ -21,12 +21,12 @@ The method, per order n:
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from absl import app, flags
 from tqdm import tqdm
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -138,28 +138,28 @@ def read_sentences(paths: list[str], spm_model: str | None = None) -> Iterator[l
           yield tokens
 
 
-_INPUT = flags.DEFINE_list("input", None, "Text files, one sentence per line.")
-_OUTPUT = flags.DEFINE_string("output", None, "Path of the ARPA file to write.")
-_ORDER = flags.DEFINE_integer("order", 5, "n-gram order (cc_net: 5).")
-_SPM_MODEL = flags.DEFINE_string("spm_model", None, "SentencePiece model to tokenize with.")
-_DISCOUNT_FALLBACK = flags.DEFINE_boolean(
-    "discount_fallback", False, "Use discounts 0.5, 1, 1.5 where counts cannot give them.")
-
-
-def main(argv):
-  del argv
-  if _SPM_MODEL.value and not Path(_SPM_MODEL.value).is_file():
-    raise app.UsageError(f"--spm_model={_SPM_MODEL.value}: file not found")
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m preprocessing.ccnet.train_lm",
+                                   description=__doc__.split("\n\n")[1])
+  parser.add_argument("--input", required=True, help="text files, comma-separated, a sentence "
+                      "per line")
+  parser.add_argument("--output", required=True, help="path of the ARPA file to write")
+  parser.add_argument("--order", type=int, default=5, help="n-gram order (cc_net: 5)")
+  parser.add_argument("--spm_model", help="SentencePiece model to tokenize with")
+  parser.add_argument("--discount_fallback", action="store_true",
+                      help="use discounts 0.5, 1, 1.5 where counts cannot give them")
+  args = parser.parse_args(argv)
+  if args.spm_model and not Path(args.spm_model).is_file():
+    parser.error(f"--spm_model={args.spm_model}: file not found")
   try:
-    model = estimate(read_sentences(_INPUT.value, _SPM_MODEL.value), _ORDER.value,
-                     _DISCOUNT_FALLBACK.value)
+    model = estimate(read_sentences(args.input.split(","), args.spm_model), args.order,
+                     args.discount_fallback)
   except (ValueError, FileNotFoundError) as error:
-    raise app.UsageError(str(error)) from None
-  write_arpa(model, _OUTPUT.value)
-  print(f"wrote {_OUTPUT.value}: " + ", ".join(f"{len(g)} {n}-grams" for n, g in
-                                             enumerate(model, 1)))
+    parser.error(str(error))
+  write_arpa(model, args.output)
+  print(f"wrote {args.output}: " + ", ".join(f"{len(g)} {n}-grams" for n, g in
+                                            enumerate(model, 1)))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["input", "output"])
-  app.run(main)
+  main()

@@ -8,25 +8,13 @@ A held-out fraction reports precision and recall of the reference class.
 
 from __future__ import annotations
 
+import argparse
 import random
 import tempfile
 from pathlib import Path
 
-from absl import app, flags
-
 from preprocessing.ccnet.reference_classifier import RANDOM_LABEL, REFERENCE_LABEL, classifier_text
 from preprocessing.document import Document
-
-_POSITIVES = flags.DEFINE_list("positives", None, "JSONL files of pages cited by Wikipedia.")
-_NEGATIVES = flags.DEFINE_list("negatives", None, "JSONL files of random CommonCrawl pages.")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the fastText model (.bin).")
-_VALID_FRACTION = flags.DEFINE_float("valid_fraction", 0.1, "Share held out for evaluation.")
-_EPOCH = flags.DEFINE_integer("epoch", 5, "fastText epochs.")
-_LR = flags.DEFINE_float("lr", 0.1, "fastText learning rate.")
-_WORD_NGRAMS = flags.DEFINE_integer("wordNgrams", 2, "fastText word n-gram length.")
-_DIM = flags.DEFINE_integer("dim", 100, "fastText embedding size.")
-_SEED = flags.DEFINE_integer("seed", 0, "Shuffling seed.")
-flags.mark_flags_as_required(["positives", "negatives", "output"])
 
 
 def read_texts(paths: list[str]) -> list[str]:
@@ -76,15 +64,28 @@ def train(positives: list[str], negatives: list[str], output: str, valid_fractio
   return report
 
 
-def main(argv):
-  del argv
-  report = train(_POSITIVES.value, _NEGATIVES.value, _OUTPUT.value, _VALID_FRACTION.value,
-                 _SEED.value, epoch=_EPOCH.value, lr=_LR.value, wordNgrams=_WORD_NGRAMS.value,
-                 dim=_DIM.value)
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m preprocessing.ccnet.train_reference_classifier")
+  parser.add_argument("--positives", required=True, help="JSONL files of pages cited by Wikipedia")
+  parser.add_argument("--negatives", required=True, help="JSONL files of random CommonCrawl pages")
+  parser.add_argument("--output", required=True, help="where to write the fastText model (.bin)")
+  parser.add_argument("--valid_fraction", type=float, default=0.1, help="share held out")
+  parser.add_argument("--epoch", type=int, default=5)
+  parser.add_argument("--lr", type=float, default=0.1)
+  parser.add_argument("--wordNgrams", type=int, default=2)
+  parser.add_argument("--dim", type=int, default=100)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  try:
+    report = train(args.positives.split(","), args.negatives.split(","), args.output,
+                   args.valid_fraction, args.seed, epoch=args.epoch, lr=args.lr,
+                   wordNgrams=args.wordNgrams, dim=args.dim)
+  except (ValueError, FileNotFoundError) as error:
+    parser.error(str(error))
   for key, value in report.items():
     print(f"{key}: {value}")
-  print(f"model written to {_OUTPUT.value}")
+  print(f"model written to {args.output}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()
