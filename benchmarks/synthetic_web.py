@@ -1,4 +1,4 @@
-"""Synthetic web pages for preprocessing benchmarks and end-to-end tests (seeded, no download).
+"""Synthetic web pages and toy CCNet models for benchmarks and tests (seeded, no download).
 
 English-like and French-like prose from small word lists, shared boilerplate lines (the kind
 CCNet's line dedup removes), short pages and character junk, written as a CommonCrawl WET file.
@@ -9,6 +9,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from preprocessing.ccnet import train_lm, train_reference_classifier
+from preprocessing.ccnet.normalize import normalize_for_lm
+from preprocessing.document import Document
 from preprocessing.wet import wet_bytes
 
 ENGLISH = (
@@ -73,3 +76,42 @@ def write_wet(path: Path, count: int, seed: int = 0) -> list[tuple[str, str]]:
   generated = pages(random.Random(seed), count)
   path.write_bytes(wet_bytes(generated))
   return generated
+
+
+def train_language_id(path: Path) -> Path:
+  """A two-language fastText model (en, fr) on generated lines, in place of lid.176.bin."""
+  import fasttext
+
+  rng = random.Random(0)
+  lines = [f"__label__{lang} {_paragraph(rng, words)}\n"
+           for _ in range(400) for lang, words in (("en", ENGLISH), ("fr", FRENCH))]
+  train_file = path.parent / "lid_train.txt"
+  train_file.write_text("".join(lines))
+  fasttext.train_supervised(str(train_file), epoch=5, seed=0, thread=1, verbose=0).save_model(
+      str(path))
+  return path
+
+
+def train_ccnet_models(directory: Path) -> dict[str, str]:
+  """Toy versions of every model CCNet needs, as `preprocessing.run` flags."""
+  import sentencepiece
+
+  rng = random.Random(0)
+  english = directory / "english.txt"
+  english.write_text("\n".join(normalize_for_lm(_paragraph(rng, ENGLISH)) for _ in range(600)))
+  sentencepiece.SentencePieceTrainer.train(
+      input=str(english), model_prefix=str(directory / "sp"), vocab_size=120,
+      model_type="unigram", minloglevel=2)  # unigram, as CCNet's per-language models
+  spm = str(directory / "sp.model")
+  # 120 pieces are too few for Chen-Goodman discounts, hence the fallback.
+  train_lm.write_arpa(train_lm.estimate(train_lm.read_sentences([str(english)], spm), order=3,
+                                        discount_fallback=True), directory / "en.arpa")
+  for name, kind in (("wiki", "english"), ("cc", "junk")):
+    (directory / f"{name}.jsonl").write_text("".join(
+        Document(id=str(i), source="synthetic", text=page(rng, kind)).to_json() + "\n"
+        for i in range(150)))
+  train_reference_classifier.train([str(directory / "wiki.jsonl")], [str(directory / "cc.jsonl")],
+                                   str(directory / "reference.bin"), epoch=5)
+  return {"--lid_model": str(train_language_id(directory / "lid.bin")),
+          "--lm_model": str(directory / "en.arpa"), "--spm_model": spm,
+          "--reference_model": str(directory / "reference.bin")}

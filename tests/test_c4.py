@@ -57,9 +57,11 @@ def test_page_rules():
 
 def test_bad_words_match_whole_words_and_phrases():
   bad = c4.load_bad_words(c4.DEFAULT_BAD_WORDS)
-  assert len(bad) == 377 and "2 girls 1 cup" in bad
+  assert len(bad) == 377
   assert c4.bad_words_filter(_doc("A classic shit show."), bad) == Drop("bad_words")
   assert c4.bad_words_filter(_doc("Two girls, 2 GIRLS 1 CUP!"), bad) == Drop("bad_words")
+  assert c4.bad_words_filter(_doc("Never search for goatse."), bad) == Drop("bad_words")
+  assert c4.bad_words_filter(_doc("A rude gesture: \U0001f595!"), bad) == Drop("bad_words")
   clean = _doc("Scunthorpe is a town; the shitake joke is about mushrooms.")
   assert c4.bad_words_filter(clean, bad) is clean
   with pytest.raises(FileNotFoundError, match="bad-words list .*nope.txt not found"):

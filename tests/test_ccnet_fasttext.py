@@ -12,24 +12,9 @@ from preprocessing.ccnet.reference_classifier import ReferenceFilter
 from preprocessing.document import Document, Drop
 
 
-def train_language_id(path):
-  """A two-language fastText model on generated English-like and French-like lines."""
-  import fasttext
-
-  rng = random.Random(0)
-  lines = [f"__label__{lang} {synthetic_web._paragraph(rng, words)}\n"
-           for _ in range(400)
-           for lang, words in (("en", synthetic_web.ENGLISH), ("fr", synthetic_web.FRENCH))]
-  train_file = path.parent / "lid_train.txt"
-  train_file.write_text("".join(lines))
-  fasttext.train_supervised(str(train_file), epoch=5, seed=0, thread=1, verbose=0).save_model(
-      str(path))
-  return path
-
-
 @pytest.fixture(scope="module")
 def lid_model(tmp_path_factory):
-  return train_language_id(tmp_path_factory.mktemp("lid") / "lid.bin")
+  return synthetic_web.train_language_id(tmp_path_factory.mktemp("lid") / "lid.bin")
 
 
 def _doc(text):

@@ -7,13 +7,9 @@ import subprocess
 import sys
 
 import pytest
-import sentencepiece
-from test_ccnet_fasttext import train_language_id
 
 from benchmarks import synthetic_web
 from preprocessing import run
-from preprocessing.ccnet import train_lm, train_reference_classifier
-from preprocessing.ccnet.normalize import normalize_for_lm
 from preprocessing.document import Document
 from preprocessing.wet import wet_bytes
 
@@ -26,25 +22,7 @@ def _english(rng, paragraphs=4):
 
 @pytest.fixture(scope="module")
 def ccnet_models(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("ccnet_models")
-  rng = random.Random(0)
-  english = [_english(rng, 1) for _ in range(600)]
-  (tmp / "english.txt").write_text("\n".join(normalize_for_lm(t) for t in english))
-  sentencepiece.SentencePieceTrainer.train(input=str(tmp / "english.txt"),
-                                           model_prefix=str(tmp / "sp"), vocab_size=120,
-                                           model_type="unigram", minloglevel=2)
-  spm = str(tmp / "sp.model")
-  train_lm.write_arpa(train_lm.estimate(train_lm.read_sentences([str(tmp / "english.txt")], spm),
-                                        order=3, discount_fallback=True), tmp / "en.arpa")
-  for name, kind in (("wiki", "english"), ("cc", "junk")):
-    (tmp / f"{name}.jsonl").write_text("".join(
-        Document(id=str(i), source="x", text=synthetic_web.page(rng, kind)).to_json() + "\n"
-        for i in range(150)))
-  train_reference_classifier.train([str(tmp / "wiki.jsonl")], [str(tmp / "cc.jsonl")],
-                                   str(tmp / "ref.bin"), epoch=5)
-  return {"--lid_model": str(train_language_id(tmp / "lid.bin")),
-          "--lm_model": str(tmp / "en.arpa"), "--spm_model": spm,
-          "--reference_model": str(tmp / "ref.bin")}
+  return synthetic_web.train_ccnet_models(tmp_path_factory.mktemp("ccnet_models"))
 
 
 def _read_output(directory):
