@@ -31,6 +31,7 @@ def test_language_id_keeps_english_and_names_the_rest(lid_model):
   identify = pickle.loads(pickle.dumps(LanguageIdentifier(str(lid_model))))
   english = identify(_doc(synthetic_web.page(rng, "english")))
   assert english.metadata["language"] == "en" and english.metadata["language_score"] >= 0.5
+  pickle.dumps(identify)  # Beam may pickle a filter again after it loaded its model
   french = _doc(synthetic_web.page(rng, "french"))
   assert identify(french) == Drop("language_fr")
   assert french.metadata["language"] == "fr"
@@ -66,6 +67,25 @@ def test_reference_classifier_trains_and_filters(tmp_path):
   assert keep(_doc(synthetic_web.page(rng, "junk"))) == Drop("not_reference")
 
 
+def test_reference_trainer_command_line(tmp_path, capsys):
+  rng = random.Random(3)
+  positives = _write_jsonl(tmp_path / "wiki.jsonl",
+                           [synthetic_web.page(rng, "english") for _ in range(100)])
+  negatives = _write_jsonl(tmp_path / "cc.jsonl",
+                           [synthetic_web.page(rng, "junk") for _ in range(100)])
+  output = tmp_path / "ref.bin"
+  train_reference_classifier.main([f"--positives={positives}", f"--negatives={negatives}",
+                                   f"--output={output}", "--epoch=5", "--dim=20"])
+  assert output.is_file()
+  assert "held_out_precision_recall" in capsys.readouterr().out
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text("{broken\n")
+  with pytest.raises(SystemExit):
+    train_reference_classifier.main([f"--positives={positives}", f"--negatives={bad}",
+                                     f"--output={output}"])
+  assert "bad.jsonl:1: not valid JSON" in capsys.readouterr().err
+
+
 def test_reference_trainer_reports_bad_input(tmp_path):
   good = _write_jsonl(tmp_path / "good.jsonl", ["some text"])
   with pytest.raises(FileNotFoundError, match="missing.jsonl not found"):
@@ -74,6 +94,8 @@ def test_reference_trainer_reports_bad_input(tmp_path):
   bad.write_text(_doc("fine").to_json() + "\n{broken\n")
   with pytest.raises(ValueError, match="bad.jsonl:2: not valid JSON"):
     train_reference_classifier.train([good], [str(bad)], "x.bin")
+  with pytest.raises(ValueError, match="valid_fraction"):
+    train_reference_classifier.train([good], [good], "x.bin", valid_fraction=1.0)
   empty = tmp_path / "empty.jsonl"
   empty.write_text("\n")
   with pytest.raises(ValueError, match=r"no documents in .*empty.jsonl.* for __label__cc"):

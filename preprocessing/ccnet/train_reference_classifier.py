@@ -42,6 +42,8 @@ def train(positives: list[str], negatives: list[str], output: str, valid_fractio
           seed: int = 0, **fasttext_args) -> dict:
   import fasttext
 
+  if not 0 <= valid_fraction < 1:
+    raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
   examples = ([(REFERENCE_LABEL, t) for t in read_texts(positives)]
               + [(RANDOM_LABEL, t) for t in read_texts(negatives)])
   for label, files in ((REFERENCE_LABEL, positives), (RANDOM_LABEL, negatives)):
