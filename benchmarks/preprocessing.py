@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                                            keep_buckets=("head", "middle", "tail")),
       "ccnet/reference": ReferenceFilter(models["--reference_model"]),
       "c4/clean_lines": c4.clean_lines,
-      "c4/page_rules": c4.page_rules,
+      "c4/min_sentences": c4.min_sentences,
       "c4/bad_words": functools.partial(c4.bad_words_filter, bad_words=bad_words),
       "c4/english (langdetect)": c4.english_filter,
   }
