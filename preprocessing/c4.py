@@ -240,7 +240,7 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
 
 def build(pipeline: beam.Pipeline, args: argparse.Namespace) -> beam.PCollection:
   if args.c4_input_format == "c4_json":
-    return pipeline | "ReadC4" >> ReadJsonl(args.input, "c4", c4_json_document)
+    return pipeline | "ReadC4" >> ReadJsonl(args.input, c4_json_document)
   bad_words = load_bad_words(args.bad_words)
   return (pipeline
           | "ReadWet" >> ReadWet(args.input, source="c4")

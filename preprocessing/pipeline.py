@@ -68,7 +68,7 @@ def _read_wet_file(readable: fileio.ReadableFile, source: str) -> Iterable[Docum
     progress_bar.update(readable.metadata.size_in_bytes)
 
 
-def _read_jsonl_file(readable: fileio.ReadableFile, source: str,
+def _read_jsonl_file(readable: fileio.ReadableFile,
                      parse: Callable[[str, str], Document]) -> Iterable[Document]:
   path = readable.metadata.path
   with readable.open() as stream:  # decompresses .gz / .zst by the file name
@@ -109,15 +109,15 @@ class ReadWet(beam.PTransform):
 class ReadJsonl(beam.PTransform):
   """Documents from JSON-lines files; `parse(line, where)` turns one line into a Document."""
 
-  def __init__(self, pattern: str, source: str, parse: Callable[[str, str], Document]):
+  def __init__(self, pattern: str, parse: Callable[[str, str], Document]):
     super().__init__()
-    self.pattern, self.source, self.parse = pattern, source, parse
+    self.pattern, self.parse = pattern, parse
 
   def expand(self, pipeline):
     return (pipeline
             | "MatchJsonl" >> fileio.MatchFiles(self.pattern)
             | "OpenJsonl" >> fileio.ReadMatches()
-            | "ParseJsonl" >> beam.FlatMap(_read_jsonl_file, self.source, self.parse))
+            | "ParseJsonl" >> beam.FlatMap(_read_jsonl_file, self.parse))
 
 
 def _line_occurrences(doc: Document, line_key: Callable[[str], object]):
