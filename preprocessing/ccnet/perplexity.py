@@ -1,10 +1,11 @@
 """CCNet's quality signal: perplexity of a KenLM model trained on Wikipedia, and its buckets.
 
-As cc_net perplexity.py: each line is normalised (normalize_for_lm), cut into SentencePiece
-pieces and scored by KenLM with sentence boundaries; the document's perplexity is
-10 ** (-sum of log10 scores / sum of (pieces + 1)), the +1 counting the end of each line. Buckets
-come from per-language percentile cutoffs (cc_net data/cutoff.csv, columns 30 and 60): for English
-head < 340 <= middle < 520 <= tail.
+As cc_net's mine.py computes it: the document is normalised (normalize_for_lm), cut into
+SentencePiece pieces and scored by KenLM with sentence boundaries; perplexity is
+10 ** (-log10 score / (pieces + 1)). The normalisation deletes control characters, newlines among
+them, so the lines of a page are scored as one sequence, glued without a space: a quirk, but the
+one cc_net's cutoffs were measured with. Buckets come from per-language percentile cutoffs
+(cc_net data/cutoff.csv, columns 30 and 60): for English head < 340 <= middle < 520 <= tail.
 """
 
 from __future__ import annotations
@@ -66,12 +67,9 @@ class PerplexityScorer:
   def perplexity(self, text: str) -> float:
     if self._lm is None:
       self._load()
-    log10_total, tokens = 0.0, 0
-    for line in text.split("\n"):
-      pieces = self._spm.encode(normalize_for_lm(line), out_type=str)
-      log10_total += self._lm.score(" ".join(pieces), bos=True, eos=True)
-      tokens += len(pieces) + 1
-    return round(10.0 ** (-log10_total / tokens), 1)
+    pieces = self._spm.encode(normalize_for_lm(text), out_type=str)
+    log10_score = self._lm.score(" ".join(pieces), bos=True, eos=True)
+    return round(10.0 ** (-log10_score / (len(pieces) + 1)), 1)
 
   def __call__(self, doc: Document) -> Document | Drop:
     language = doc.metadata.get("language", "en")

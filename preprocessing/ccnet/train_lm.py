@@ -4,7 +4,13 @@
 Interpolated modified Kneser-Ney (Chen & Goodman 1998), the estimator of KenLM's lmplz, written
 as an ARPA file that `kenlm.Model` loads. No KenLM trainer is on the package registries, hence
 this one. Each input line is a sentence; with --spm_model it is first normalised as CCNet does
-(normalize_for_lm) and cut into SentencePiece pieces, otherwise it is split on whitespace.
+(normalize_for_lm) and cut into SentencePiece pieces, otherwise it is split on whitespace. Blank
+lines are skipped; <s> and </s> are refused in the text, as lmplz does, since they would be read
+as sentence boundaries. Order 1 is refused: kenlm does not load unigram models.
+
+Discounts: where an order's counts-of-counts cannot give them (a t_k is zero, or a discount falls
+outside (0, k], as on tiny or artificial text) estimation stops with an error naming the order and
+its t1..t4; --discount_fallback then uses lmplz's fixed 0.5, 1, 1.5 for that order instead.
 
 Counts are held in memory (Python dicts): fine for a per-language Wikipedia sample of some
 million sentences, not for web-scale text.
@@ -61,6 +67,9 @@ def estimate(sentences: Iterable[list[str]], order: int = 5,
     raise ValueError(f"--order={order}: KenLM loads models of order 2 and up")
   raw: list[Counter] = [Counter() for _ in range(order)]
   for tokens in sentences:
+    if BOS in tokens or EOS in tokens:
+      raise ValueError(f"the text holds {BOS} or {EOS}, which the model reserves for sentence "
+                       f"boundaries; remove them from the input: {' '.join(tokens)[:200]!r}")
     padded = [BOS, *tokens, EOS]
     for n in range(1, order + 1):
       for i in range(len(padded) - n + 1):
@@ -129,9 +138,10 @@ def read_sentences(paths: list[str], spm_model: str | None = None) -> Iterator[l
     def tokenize(line):
       return processor.encode(normalize_for_lm(line), out_type=str)
 
+  # All paths are checked before counting, so a typo in the last one does not cost a long count.
+  if missing := [path for path in paths if not Path(path).is_file()]:
+    raise FileNotFoundError(f"input file(s) {', '.join(missing)} not found")
   for path in paths:
-    if not Path(path).is_file():
-      raise FileNotFoundError(f"input file {path} not found")
     with open(path, encoding="utf-8") as f:
       for line in tqdm(f, desc=f"counting {path}", unit=" lines", leave=False):
         if tokens := tokenize(line.strip()):
