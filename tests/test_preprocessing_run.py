@@ -124,3 +124,19 @@ def test_command_line_errors_name_the_flag(tmp_path):
                          f"--output={tmp_path / 'o'}", "--skip=perplexity,reference",
                          f"--lid_model={tmp_path / 'lid.bin'}")
   assert missing_lid.returncode == 2 and "lid.176.bin" in missing_lid.stderr
+
+
+def test_worker_processes_give_the_same_result(tmp_path, ccnet_models):
+  # Filters are pickled to separate worker processes and counters come back from them, as on a
+  # cluster runner.
+  synthetic_web.write_wet(tmp_path / "in.warc.wet.gz", 200, seed=3)
+  flags = [f"{k}={v}" for k, v in ccnet_models.items()]
+  results = {}
+  for mode in ("in_memory", "multi_processing"):
+    stats = run.main(["--source=ccnet", f"--input={tmp_path / 'in.warc.wet.gz'}",
+                      f"--output={tmp_path / mode}", f"--direct_running_mode={mode}",
+                      "--direct_num_workers=2", *flags])
+    results[mode] = ({k: v for k, v in stats.items() if k not in ("seconds", "output")},
+                     {url: doc.text for url, doc in _read_output(tmp_path / mode).items()})
+  assert results["in_memory"] == results["multi_processing"]
+  assert results["in_memory"][0]["documents_written"] > 0
