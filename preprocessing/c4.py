@@ -42,13 +42,13 @@ import hashlib
 import json
 import re
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import apache_beam as beam
 
 from preprocessing.document import Document, Drop
-from preprocessing.pipeline import ApplyFilters, DeduplicateLines, ReadJsonl, ReadWet
+from preprocessing.pipeline import ApplyFilters, DeduplicateLines, read_jsonl_files, read_wet_files
 
 DEFAULT_BAD_WORDS = Path(__file__).parent / "data" / "ldnoobw_en.txt"
 
@@ -154,25 +154,19 @@ def load_bad_words(path: str | Path) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _bad_words_index(bad_words: frozenset[str]) -> tuple[dict[str, list[re.Pattern]], list]:
-  """Entries as C4 matches them (flanked by non-word characters or the ends of the text), filed
-  under their first word: C4 searches one alternation of all 377, which is ~25x slower, and an
-  entry can only match where its first word occurs. Entries without a word (an emoji) are always
-  tried."""
-  by_first_word, without_words = defaultdict(list), []
-  for entry in sorted(bad_words):
-    pattern = re.compile(rf"(?<!\w){re.escape(entry.lower())}(?!\w)")
-    words = re.findall(r"\w+", entry.lower())
-    (by_first_word[words[0]] if words else without_words).append(pattern)
-  return dict(by_first_word), without_words
+def _bad_words_regex(bad_words: frozenset[str]) -> re.Pattern | None:
+  if not bad_words:
+    return None
+  # As C4: a listed entry flanked by non-word characters or the ends of the text; the spaces
+  # inside a phrase are matched literally.
+  alternatives = "|".join(re.escape(w.lower()) for w in sorted(bad_words))
+  return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
 
 
 def has_bad_word(text: str, bad_words: frozenset[str]) -> bool:
   """Whether a listed word or phrase occurs in `text` as whole words, ignoring case."""
-  by_first_word, without_words = _bad_words_index(frozenset(bad_words))
-  lowered = text.lower()
-  candidates = [p for word in set(re.findall(r"\w+", lowered)) for p in by_first_word.get(word, ())]
-  return any(p.search(lowered) for p in candidates + without_words)
+  regex = _bad_words_regex(frozenset(bad_words))
+  return regex is not None and regex.search(text.lower()) is not None
 
 
 def bad_words_filter(doc: Document, bad_words: frozenset[str]) -> Document | Drop:
@@ -240,10 +234,10 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
 
 def build(pipeline: beam.Pipeline, args: argparse.Namespace) -> beam.PCollection:
   if args.c4_input_format == "c4_json":
-    return pipeline | "ReadC4" >> ReadJsonl(args.input, c4_json_document)
+    return pipeline | "ReadC4" >> read_jsonl_files(args.input, c4_json_document)
   bad_words = load_bad_words(args.bad_words)
   return (pipeline
-          | "ReadWet" >> ReadWet(args.input, source="c4")
+          | "ReadWet" >> read_wet_files(args.input, source="c4")
           | "CleanPages" >> beam.ParDo(ApplyFilters([clean_lines, min_sentences]))
           | "DedupLines" >> DeduplicateLines(line_dedup_key, keep_first=True, reason="duplicate")
           | "PageFilters" >> beam.ParDo(ApplyFilters([

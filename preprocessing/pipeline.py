@@ -11,6 +11,7 @@ ends up in `stats.json`:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -92,32 +93,28 @@ def _read_jsonl_file(readable: fileio.ReadableFile,
     progress_bar.update(readable.metadata.size_in_bytes)
 
 
-class ReadWet(beam.PTransform):
+class ReadFiles(beam.PTransform):
+  """Documents from the files matching a glob; `read_file(ReadableFile)` yields them."""
+
+  def __init__(self, pattern: str, read_file: Callable[[fileio.ReadableFile], Iterable[Document]]):
+    super().__init__()
+    self.pattern, self.read_file = pattern, read_file
+
+  def expand(self, pipeline):
+    return (pipeline
+            | "Match" >> fileio.MatchFiles(self.pattern)
+            | "Open" >> fileio.ReadMatches()
+            | "Parse" >> beam.FlatMap(self.read_file))
+
+
+def read_wet_files(pattern: str, source: str) -> ReadFiles:
   """Documents from the WET files matching a glob."""
-
-  def __init__(self, pattern: str, source: str):
-    super().__init__()
-    self.pattern, self.source = pattern, source
-
-  def expand(self, pipeline):
-    return (pipeline
-            | "MatchWet" >> fileio.MatchFiles(self.pattern)
-            | "OpenWet" >> fileio.ReadMatches()
-            | "ParseWet" >> beam.FlatMap(_read_wet_file, self.source))
+  return ReadFiles(pattern, functools.partial(_read_wet_file, source=source))
 
 
-class ReadJsonl(beam.PTransform):
+def read_jsonl_files(pattern: str, parse: Callable[[str, str], Document]) -> ReadFiles:
   """Documents from JSON-lines files; `parse(line, where)` turns one line into a Document."""
-
-  def __init__(self, pattern: str, parse: Callable[[str, str], Document]):
-    super().__init__()
-    self.pattern, self.parse = pattern, parse
-
-  def expand(self, pipeline):
-    return (pipeline
-            | "MatchJsonl" >> fileio.MatchFiles(self.pattern)
-            | "OpenJsonl" >> fileio.ReadMatches()
-            | "ParseJsonl" >> beam.FlatMap(_read_jsonl_file, self.parse))
+  return ReadFiles(pattern, functools.partial(_read_jsonl_file, parse=parse))
 
 
 def _line_occurrences(doc: Document, line_key: Callable[[str], object]):

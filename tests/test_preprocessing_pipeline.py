@@ -102,7 +102,7 @@ def test_jsonl_reader_counts_bad_lines(tmp_path):
   (tmp_path / "in.jsonl").write_bytes(
       (_doc("1", "ok").to_json() + "\n{not json\n\n" + '{"id": 2}\n').encode() + b"\xff\xfe\n")
   root = beam.Pipeline()
-  docs = root | pipeline.ReadJsonl(str(tmp_path / "*.jsonl"), Document.from_json)
+  docs = root | pipeline.read_jsonl_files(str(tmp_path / "*.jsonl"), Document.from_json)
   docs | pipeline.WriteDocuments(str(tmp_path / "out"), "none", num_shards=1)
   result = root.run()
   result.wait_until_finish()

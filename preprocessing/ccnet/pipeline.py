@@ -22,7 +22,7 @@ from preprocessing.ccnet.language_id import LanguageIdentifier, min_length
 from preprocessing.ccnet.normalize import line_hash
 from preprocessing.ccnet.perplexity import PerplexityScorer, parse_cutoffs
 from preprocessing.ccnet.reference_classifier import ReferenceFilter
-from preprocessing.pipeline import ApplyFilters, DeduplicateLines, ReadWet
+from preprocessing.pipeline import ApplyFilters, DeduplicateLines, read_wet_files
 
 OPTIONAL_STEPS = ("perplexity", "reference")
 
@@ -72,6 +72,6 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace) -> beam.PCollection
   if "reference" not in skipped:
     filters.append(ReferenceFilter(args.reference_model, threshold=args.reference_threshold))
   return (pipeline
-          | "ReadWet" >> ReadWet(args.input, source="ccnet")
+          | "ReadWet" >> read_wet_files(args.input, source="ccnet")
           | "DedupLines" >> DeduplicateLines(line_hash, keep_first=False, reason="duplicate")
           | "Filters" >> beam.ParDo(ApplyFilters(filters)))
