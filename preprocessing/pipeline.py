@@ -51,7 +51,8 @@ class ApplyFilters(beam.DoFn):
     yield doc
 
 
-def _malformed(reason: str, where: str) -> None:
+def report_malformed(reason: str, where: str) -> None:
+  """Counts input that could not become a document, and logs where it was."""
   count(f"malformed/{reason}")
   logging.warning("malformed input (%s): %s", reason, where)
 
@@ -61,7 +62,7 @@ def _read_wet_file(readable: fileio.ReadableFile, source: str) -> Iterable[Docum
   with readable.open() as stream:
     for item in read_wet(stream, path, source):
       if isinstance(item, Malformed):
-        _malformed(item.reason, item.where)
+        report_malformed(item.reason, item.where)
       else:
         count("documents_read")
         yield item
@@ -78,14 +79,14 @@ def _read_jsonl_file(readable: fileio.ReadableFile,
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError:
-        _malformed("invalid_utf8", f"{path}:{number}")
+        report_malformed("invalid_utf8", f"{path}:{number}")
         continue
       if not line.strip():
         continue
       try:
         doc = parse(line, f"{path}:{number}")
       except ValueError as error:
-        _malformed("bad_json_record", str(error))
+        report_malformed("bad_json_record", str(error))
         continue
       count("documents_read")
       yield doc
@@ -171,6 +172,28 @@ class DeduplicateLines(beam.PTransform):
     return ({"doc": by_id, "remove": remove}
             | "JoinById" >> beam.CoGroupByKey()
             | "RemoveLines" >> beam.FlatMap(_remove_lines, self.reason))
+
+
+def _first_of_duplicates(key_and_docs, reason: str):
+  _, docs = key_and_docs
+  docs = sorted(docs, key=lambda doc: doc.id)
+  if len(docs) > 1:
+    count(f"dropped/{reason}", len(docs) - 1)
+  yield docs[0]
+
+
+class DeduplicateDocuments(beam.PTransform):
+  """Keeps one document (the smallest id) of each group sharing `key(doc)`; drops counted."""
+
+  def __init__(self, key: Callable[[Document], object], reason: str = "duplicate_document"):
+    super().__init__()
+    self.key, self.reason = key, reason
+
+  def expand(self, docs):
+    return (docs
+            | "KeyDocuments" >> beam.Map(lambda doc: (self.key(doc), doc))
+            | "GroupByKey" >> beam.GroupByKey()
+            | "KeepFirst" >> beam.FlatMap(_first_of_duplicates, self.reason))
 
 
 class WriteDocuments(beam.PTransform):

@@ -9,6 +9,7 @@ on one machine or a cluster.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
@@ -17,13 +18,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from tqdm import tqdm
 
-from preprocessing import c4, pipeline
-from preprocessing.ccnet import pipeline as ccnet
+from preprocessing import pipeline
 
-SOURCES = {"ccnet": ccnet, "c4": c4}
+# Each source module defines add_arguments(parser), check_arguments(args) -> list of problems
+# and build(pipeline, args) -> PCollection of Documents.
+SOURCES = {"ccnet": "preprocessing.ccnet.pipeline", "c4": "preprocessing.c4",
+           "github": "preprocessing.github", "wikipedia": "preprocessing.wikipedia",
+           "books": "preprocessing.books", "arxiv": "preprocessing.arxiv",
+           "stackexchange": "preprocessing.stackexchange"}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(source: str | None) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m preprocessing.run", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--source", required=True, choices=sorted(SOURCES))
@@ -32,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--compression", default="gzip",
                       choices=sorted(pipeline.WriteDocuments.SUFFIXES))
   parser.add_argument("--num_shards", type=int, default=0, help="0 lets the runner choose")
-  for module in SOURCES.values():
-    module.add_arguments(parser)
+  if source in SOURCES:  # only the chosen source's options, so --help stays readable
+    importlib.import_module(SOURCES[source]).add_arguments(parser)
   return parser
 
 
@@ -45,9 +50,11 @@ def _input_bytes(pattern: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-  parser = _parser()
+  source_only = argparse.ArgumentParser(add_help=False)
+  source_only.add_argument("--source")
+  parser = _parser(source_only.parse_known_args(argv)[0].source)
   args, beam_args = parser.parse_known_args(argv)
-  source = SOURCES[args.source]
+  source = importlib.import_module(SOURCES[args.source])
   if problems := source.check_arguments(args):
     parser.error("\n  ".join(problems))
   total_bytes = _input_bytes(args.input)

@@ -109,3 +109,11 @@ def test_jsonl_reader_counts_bad_lines(tmp_path):
   stats = pipeline.collect_stats(result)
   assert stats["documents_read"] == 1
   assert stats["malformed"] == {"bad_json_record": 2, "invalid_utf8": 1}
+
+
+def test_exact_duplicate_documents_keep_the_smallest_id(tmp_path):
+  docs = [_doc("b", "same"), _doc("a", "same"), _doc("c", "other"), _doc("d", "same")]
+  written, stats = _run(lambda p: p | pipeline.DeduplicateDocuments(lambda d: d.text), docs,
+                        tmp_path)
+  assert [d.id for d in written] == ["a", "c"]
+  assert stats["dropped"] == {"duplicate_document": 2}
