@@ -1,16 +1,19 @@
 """Preprocessing throughput: python -m benchmarks.preprocessing [--size_mb=100] [--sample=2000]
+    [--sources=ccnet,c4,github,wikipedia,books,arxiv,stackexchange]
 
-Generates a synthetic WET file of about --size_mb of page text (benchmarks.synthetic_web) and
-toy CCNet models, then prints one JSON object per measurement:
-  - each filter alone on --sample documents in this process: documents/s on one core;
-  - each whole pipeline (`preprocessing.run`, DirectRunner, one worker) on the whole file:
-    documents read per second of wall time on one core.
+For CommonCrawl sources, generates a synthetic WET file of about --size_mb of page text
+(benchmarks.synthetic_web) and toy CCNet models; for the others, inputs in their raw formats from
+benchmarks.synthetic_<source>. Prints one JSON object per measurement:
+  - each CCNet and C4 filter alone on --sample documents in this process: documents/s on one core;
+  - each whole pipeline (`preprocessing.run`, DirectRunner, one worker): documents read (input
+    documents) per second of wall time on one core.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import platform
@@ -54,15 +57,44 @@ def _time_filter(name: str, keep_or_drop, docs: list[Document]) -> None:
          "documents_per_s_per_core": round(len(docs) / seconds, 1)})
 
 
+# Input sizes for the sources with their own raw formats: about a minute of pipeline each.
+OTHER_SOURCES = {"github": 20000, "wikipedia": 5000, "books": 300, "arxiv": 1000,
+                 "stackexchange": 20000}
+
+
+def _run_pipeline(source: str, input_glob: str, output: Path, extra: list[str]) -> dict:
+  start = time.perf_counter()
+  stats = run.main([f"--source={source}", f"--input={input_glob}", f"--output={output}",
+                    "--direct_num_workers=1", *extra])
+  seconds = time.perf_counter() - start
+  _emit({"stage": f"{source}/pipeline", "documents": stats["documents_read"],
+         "written": stats["documents_written"], "seconds": round(seconds, 1),
+         "documents_per_s_per_core": round(stats["documents_read"] / seconds, 1),
+         "dropped": stats["dropped"], "malformed": stats["malformed"]})
+  return stats
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--size_mb", type=float, default=100.0)
   parser.add_argument("--sample", type=int, default=2000)
+  parser.add_argument("--sources", default=",".join(["ccnet", "c4", *OTHER_SOURCES]))
   parser.add_argument("--workdir", default=None, help="kept if given; a temporary one otherwise")
   args = parser.parse_args(argv)
   workdir = Path(args.workdir or tempfile.mkdtemp(prefix="preprocessing_bench_"))
   workdir.mkdir(parents=True, exist_ok=True)
+  sources = args.sources.split(",")
+  if {"ccnet", "c4"} & set(sources):
+    _benchmark_web(args, workdir, sources)
+  for source in sources:
+    if source in OTHER_SOURCES:
+      generator = importlib.import_module(f"benchmarks.synthetic_{source}")
+      input_glob = generator.write_sample_input(workdir / f"{source}_input", OTHER_SOURCES[source])
+      _run_pipeline(source, input_glob, workdir / source, [])
 
+
+def _benchmark_web(args: argparse.Namespace, workdir: Path, sources: list[str]) -> None:
+  """CCNet and C4 on one synthetic WET file: each filter alone, then the chosen pipelines."""
   rng = random.Random(0)
   pages, size = [], 0
   while size < args.size_mb * 1e6:
@@ -96,14 +128,8 @@ def main(argv: list[str] | None = None) -> None:
 
   model_flags = [f"{k}={v}" for k, v in models.items()]
   for source, extra in (("ccnet", model_flags), ("c4", [])):
-    start = time.perf_counter()
-    stats = run.main([f"--source={source}", f"--input={wet}", f"--output={workdir / source}",
-                      "--direct_num_workers=1", *extra])
-    seconds = time.perf_counter() - start
-    _emit({"stage": f"{source}/pipeline", "documents": stats["documents_read"],
-           "written": stats["documents_written"], "seconds": round(seconds, 1),
-           "documents_per_s_per_core": round(stats["documents_read"] / seconds, 1),
-           "dropped": stats["dropped"]})
+    if source in sources:
+      _run_pipeline(source, str(wet), workdir / source, extra)
 
 
 if __name__ == "__main__":
