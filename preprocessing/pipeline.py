@@ -227,7 +227,7 @@ def collect_stats(result) -> dict:
     value = counter.committed if counter.committed is not None else counter.attempted
     group, _, reason = name.partition("/")
     if reason:
-      stats[group][reason] = stats[group].get(reason, 0) + value
+      stats.setdefault(group, {})[reason] = stats.get(group, {}).get(reason, 0) + value
     else:
       stats[name] = stats.get(name, 0) + value
   for group in ("dropped", "malformed", "lines_removed"):
