@@ -45,6 +45,14 @@ def base_config() -> config_dict.ConfigDict:
   config.optim.warmup_steps = 2000
   config.optim.final_lr_ratio = 0.1  # cosine decay to 10% of the peak
 
+  # Device mesh ('data', 'fsdp', 'tensor'); -1 takes the devices the other axes leave. The
+  # default is pure FSDP (ZeRO-3) over every device; llama_jax.sharding explains each axis.
+  config.mesh = config_dict.ConfigDict()
+  config.mesh.data = 1
+  config.mesh.fsdp = -1
+  config.mesh.tensor = 1
+  config.mesh.sequence_parallel = True  # Korthikanti et al. 2022; acts only when tensor > 1
+
   config.train = config_dict.ConfigDict()
   config.train.batch_size = 2048  # sequences: 2048 x 2048 tokens = 4M tokens per step
   config.train.total_tokens = config_dict.placeholder(float)
