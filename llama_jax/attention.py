@@ -1,8 +1,15 @@
 """The one entry point for attention: q, k, v [batch, seq, heads, head_dim] -> the same shape.
 
 The layout is jax.nn.dot_product_attention's. Implementations:
-  xla  plain JAX: materialises the [batch, heads, q, k] scores; the reference the kernels are
-       tested against.
+  pallas  our flash-attention kernel (llama_jax/kernels/flash_attention.py): no attention weights
+          stored, causal blocks above the diagonal skipped; Pallas interpret mode off GPU.
+  cudnn   cuDNN's fused attention through jax.nn.dot_product_attention: NVIDIA GPUs, bfloat16 or
+          float16 only.
+  xla     plain JAX: materialises the [batch, heads, q, k] scores; the reference the kernels are
+          tested against.
+  auto    pallas on GPU, xla elsewhere.
+Every implementation is local to its heads, so under shard_map with heads sharded over `tensor`
+each device attends with its own heads.
 """
 
 from __future__ import annotations
@@ -10,10 +17,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("xla",)
+from llama_jax.kernels.flash_attention import flash_attention
+
+IMPLEMENTATIONS = ("auto", "pallas", "cudnn", "xla")
 
 
-def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> None:
+def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool,
+                  segment_ids: jax.Array | None) -> None:
   if not q.ndim == k.ndim == v.ndim == 4:
     raise ValueError("q, k, v must be [batch, seq, heads, head_dim]; got shapes "
                      f"{q.shape}, {k.shape}, {v.shape}")
@@ -24,24 +34,66 @@ def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> Non
   if causal and q.shape[1] != k.shape[1]:
     raise ValueError(f"causal attention needs as many queries as keys; got {q.shape[1]} "
                      f"queries and {k.shape[1]} keys")
+  if segment_ids is not None:
+    if q.shape[1] != k.shape[1]:
+      raise ValueError("segment_ids need as many queries as keys; got "
+                       f"{q.shape[1]} queries and {k.shape[1]} keys")
+    if segment_ids.shape != q.shape[:2] or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+      raise ValueError(f"segment_ids must be integers of shape [batch, seq] = {q.shape[:2]}; "
+                       f"got {segment_ids.dtype} {segment_ids.shape}")
 
 
-def _xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
+def _same_segment(segment_ids: jax.Array) -> jax.Array:
+  """[batch, 1, q, k]: whether query and key belong to the same segment (document)."""
+  return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+
+
+def _xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
+                   causal: bool) -> jax.Array:
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
   scores = scores * q.shape[-1] ** -0.5
+  visible = jnp.ones(scores.shape[-2:], dtype=bool)
   if causal:
-    length = q.shape[1]
-    visible = jnp.tril(jnp.ones((length, length), dtype=bool))
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    visible = jnp.tril(visible)
+  if segment_ids is not None:
+    visible = visible & _same_segment(segment_ids)
+  scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
+                     causal: bool) -> jax.Array:
+  if jax.default_backend() != "gpu":
+    raise ValueError(f"attention implementation 'cudnn' needs an NVIDIA GPU; the JAX backend "
+                     f"is {jax.default_backend()!r}")
+  if q.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"attention implementation 'cudnn' takes bfloat16 or float16; got {q.dtype}")
+  # cuDNN turns a mask into a materialised bias: packed documents cost [batch, q, k] memory here.
+  mask = None if segment_ids is None else _same_segment(segment_ids)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                      implementation="cudnn")
+
+
+def resolve_implementation(implementation: str) -> str:
+  """The implementation `implementation` names on this backend ('auto' picks one)."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation {implementation!r} is not available; "
+                     f"choose one of {IMPLEMENTATIONS}")
+  if implementation == "auto":
+    return "pallas" if jax.default_backend() == "gpu" else "xla"
+  return implementation
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
-                          implementation: str = "xla") -> jax.Array:
-  """Softmax(q k^T / sqrt(head_dim)) v per head, with the causal mask when `causal`."""
-  _check_shapes(q, k, v, causal)
-  if implementation == "xla":
-    return _xla_attention(q, k, v, causal)
-  raise ValueError(f"attention implementation {implementation!r} is not available; "
-                   f"choose one of {IMPLEMENTATIONS}")
+                          segment_ids: jax.Array | None = None,
+                          implementation: str = "auto") -> jax.Array:
+  """Softmax(q k^T / sqrt(head_dim)) v per head, with the causal mask when `causal`.
+
+  segment_ids [batch, seq] (integers) keep packed documents apart: a query sees only the keys of
+  its own segment.
+  """
+  _check_shapes(q, k, v, causal, segment_ids)
+  attend = {"pallas": flash_attention, "cudnn": _cudnn_attention,
+            "xla": _xla_attention}[resolve_implementation(implementation)]
+  return attend(q, k, v, segment_ids, causal=causal)

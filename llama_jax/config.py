@@ -33,7 +33,7 @@ def base_config() -> config_dict.ConfigDict:
   config.model.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
   config.model.param_dtype = "float32"
   config.model.remat = "save_linear"  # none | full | save_linear (paper 2.4)
-  config.model.attention = "xla"
+  config.model.attention = "auto"  # pallas on GPU, xla elsewhere (llama_jax.attention)
 
   config.optim = config_dict.ConfigDict()
   config.optim.peak_lr = config_dict.placeholder(float)
