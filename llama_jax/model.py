@@ -4,9 +4,10 @@ Pre-normalisation with RMSNorm, SwiGLU feed-forward, rotary position embeddings,
 untied input/output embeddings. The layers are created stacked (a leading `layers` axis on every
 block parameter) and run with `jax.lax.scan`, so compile time does not grow with depth.
 
-Every parameter carries logical axis names in its `out_sharding` metadata; the sharding module maps
-them onto a device mesh. Parameters are float32, the forward pass computes in `config.dtype`
-(bfloat16 by default) and returns float32 logits.
+Every parameter carries logical axis names in its `out_sharding` metadata, and the main activations
+are constrained by logical names too; llama_jax.sharding maps both onto a device mesh. Parameters
+are float32, the forward pass computes in `config.dtype` (bfloat16 by default) and returns float32
+logits.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from llama_jax.attention import IMPLEMENTATIONS, dot_product_attention
+from llama_jax.sharding import HIDDEN, LOGITS, PER_HEAD, RESIDUAL, constrain
 
 REMAT_POLICIES = ("none", "full", "save_linear")
 
@@ -96,8 +98,11 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], config
                    out_sharding=axes, eager_sharding=False)
 
 
-def _linear(x: jax.Array, kernel: nnx.Param, equation: str, name: str) -> jax.Array:
-  return checkpoint_name(jnp.einsum(equation, x, kernel[...].astype(x.dtype)), name)
+def _linear(x: jax.Array, kernel: nnx.Param, equation: str, name: str,
+            logical_axes: tuple[str, ...]) -> jax.Array:
+  # The constraint on each output is what makes a projection column- or row-parallel.
+  y = constrain(jnp.einsum(equation, x, kernel[...].astype(x.dtype)), logical_axes)
+  return checkpoint_name(y, name)
 
 
 class RMSNorm(nnx.Module):
@@ -147,11 +152,11 @@ class Attention(nnx.Module):
                      config)
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    q = apply_rope(_linear(x, self.wq, "btd,dhk->bthk", "query"), cos, sin)
-    k = apply_rope(_linear(x, self.wk, "btd,dhk->bthk", "key"), cos, sin)
-    v = _linear(x, self.wv, "btd,dhk->bthk", "value")
+    q = apply_rope(_linear(x, self.wq, "btd,dhk->bthk", "query", PER_HEAD), cos, sin)
+    k = apply_rope(_linear(x, self.wk, "btd,dhk->bthk", "key", PER_HEAD), cos, sin)
+    v = _linear(x, self.wv, "btd,dhk->bthk", "value", PER_HEAD)
     out = dot_product_attention(q, k, v, causal=True, implementation=self.implementation)
-    return _linear(out, self.wo, "bthk,hkd->btd", "attention_out")
+    return _linear(constrain(out, PER_HEAD), self.wo, "bthk,hkd->btd", "attention_out", RESIDUAL)
 
 
 class FeedForward(nnx.Module):
@@ -163,9 +168,9 @@ class FeedForward(nnx.Module):
     self.w2 = _param(rngs, (config.ffn_dim, config.dim), ("mlp", "embed"), config)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    gate = _linear(x, self.w1, "btd,df->btf", "mlp_gate")
-    up = _linear(x, self.w3, "btd,df->btf", "mlp_up")
-    return _linear(jax.nn.silu(gate) * up, self.w2, "btf,fd->btd", "mlp_down")
+    gate = _linear(x, self.w1, "btd,df->btf", "mlp_gate", HIDDEN)
+    up = _linear(x, self.w3, "btd,df->btf", "mlp_up", HIDDEN)
+    return _linear(jax.nn.silu(gate) * up, self.w2, "btf,fd->btd", "mlp_down", RESIDUAL)
 
 
 class Block(nnx.Module):
@@ -216,18 +221,22 @@ class Llama(nnx.Module):
       raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.context_length "
                        f"{config.context_length}")
     dtype = jnp.dtype(config.dtype)
-    x = jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
+    # The table is gathered over `fsdp` first (as ZeRO-3 gathers any weight before use); its
+    # vocabulary stays split over `tensor`, where each device looks up the tokens it holds.
+    table = constrain(self.embedding[...], ("vocab", None))
+    x = constrain(jnp.take(table, tokens, axis=0).astype(dtype), RESIDUAL)
     cos, sin = rope_angles(tokens.shape[1], config.head_dim, config.rope_theta)
 
     block_def, block_state = nnx.split(self.layers)
 
     def layer(x, state):
-      return nnx.merge(block_def, state)(x, cos, sin), None
+      return constrain(nnx.merge(block_def, state)(x, cos, sin), RESIDUAL), None
 
     x, _ = jax.lax.scan(_remat(layer, config.remat), x, block_state)
     x = self.norm(x)
-    return jnp.einsum("btd,dv->btv", x, self.output[...].astype(dtype),
-                      preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btd,dv->btv", x, self.output[...].astype(dtype),
+                        preferred_element_type=jnp.float32)
+    return constrain(logits, LOGITS)
 
 
 def abstract_model(config: ModelConfig) -> Llama:
