@@ -53,6 +53,20 @@ def base_config() -> config_dict.ConfigDict:
   config.mesh.tensor = 1
   config.mesh.sequence_parallel = True  # Korthikanti et al. 2022; acts only when tensor > 1
 
+  # Training data (llama_jax.data): token shards from preprocessing.tokenize_shards, one
+  # directory per source under `dir`, named as preprocessing.run's sources.
+  config.data = config_dict.ConfigDict()
+  config.data.dir = config_dict.placeholder(str)
+  config.data.tokenizer = config_dict.placeholder(str)  # the SentencePiece model of the shards
+  # Sampling shares in percent, paper Table 1. Epochs follow from them and each source's size:
+  # 1.10 / 1.06 / 0.64 / 2.45 / 2.23 / 1.06 / 1.03 in the paper; a share of 0 leaves a source out.
+  config.data.shares = config_dict.ConfigDict({
+      "ccnet": 67.0, "c4": 15.0, "github": 4.5, "wikipedia": 4.5, "books": 4.5, "arxiv": 2.5,
+      "stackexchange": 2.0})
+  config.data.seed = 0  # document shuffling, per source and epoch
+  config.data.read_threads = 2  # per source: reading and checking records (ours)
+  config.data.prefetch_batches = 2  # global batches packed ahead in a background thread (ours)
+
   config.train = config_dict.ConfigDict()
   config.train.batch_size = 2048  # sequences: 2048 x 2048 tokens = 4M tokens per step
   config.train.total_tokens = config_dict.placeholder(float)
