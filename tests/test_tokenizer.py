@@ -3,13 +3,14 @@
 import gzip
 import json
 import random
+from pathlib import Path
 
 import pytest
 
 from llama_jax import tokenizer
 from llama_jax.tokenizer import Tokenizer
 
-META_MODEL = tokenizer.Path(__file__).parent / "data" / "llama-tokenizer" / "tokenizer.model"
+META_MODEL = Path(__file__).parent / "data" / "llama-tokenizer" / "tokenizer.model"
 
 HARD_STRINGS = [
     "日本語の文章と中文的句子",

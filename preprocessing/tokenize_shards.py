@@ -1,0 +1,168 @@
+"""python -m preprocessing.tokenize_shards --input=GLOB --output=DIR --tokenizer=MODEL [...]
+
+Tokenizes one source's documents (JSON lines with a `text` field, as preprocessing.run writes
+them) into ArrayRecord shards for llama_jax.data; run it once per source, into one directory each:
+
+    python -m preprocessing.tokenize_shards --input='out/wikipedia/documents-*.jsonl.gz' \
+        --output=tokens/wikipedia --tokenizer=tokenizer.model [--num_shards=64]
+
+Each record is one document's token ids with EOS appended (no BOS), as little-endian uint16
+(uint32 for a vocabulary over 65536). A document goes to shard hash(id) mod N, and a shard holds
+its documents sorted by id, so the output is a function of the input alone, on any runner.
+`index.json` lists the shards with their document and token counts (the loader's contract; a
+shard that received no document is not written) and the tokenizer they were made with;
+`stats.json` counts documents read, written and dropped (empty text) and malformed input.
+Shards are written with ArrayRecord's own writer to a temporary name and renamed when complete,
+so DIR must be a local or mounted file system. Flags this program does not know are Beam options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from array_record.python.array_record_module import ArrayRecordWriter
+from tqdm import tqdm
+
+from llama_jax.data import INDEX_FILE, SHARD_WRITER_OPTIONS, token_dtype
+from llama_jax.tokenizer import Tokenizer
+from preprocessing import pipeline
+from preprocessing.document import Document
+from preprocessing.run import _input_bytes
+
+
+def parse_text_record(line: str, where: str) -> Document:
+  """A JSON line with a `text` string; the id is the record's `id`, else its file:line."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{where}: not valid JSON ({error})") from None
+  if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+    raise ValueError(f"{where}: record has no `text` string")
+  return Document(id=str(record.get("id", where)), source=str(record.get("source", "")),
+                  text=record["text"])
+
+
+def shard_of(doc_id: str, num_shards: int) -> int:
+  return int.from_bytes(hashlib.sha1(doc_id.encode("utf-8")).digest()[:8], "little") % num_shards
+
+
+class TokenizeDocuments(beam.DoFn):
+  """Document -> (shard, (id, token bytes with EOS)); an empty text is dropped and counted."""
+
+  def __init__(self, model_file: str, num_shards: int):
+    self.model_file, self.num_shards = model_file, num_shards
+
+  def setup(self):
+    self.tokenizer = Tokenizer(self.model_file)
+    self.dtype = token_dtype(self.tokenizer.vocab_size)
+
+  def process(self, doc: Document):
+    if not doc.text:
+      pipeline.count("dropped/empty_text")
+      return
+    ids = np.asarray(self.tokenizer.encode(doc.text, eos=True), self.dtype)
+    pipeline.count("tokens", ids.size)
+    yield shard_of(doc.id, self.num_shards), (doc.id, ids.tobytes())
+
+
+def shard_name(shard: int, num_shards: int) -> str:
+  return f"tokens-{shard:05d}-of-{num_shards:05d}.array_record"
+
+
+def write_shard(shard_and_docs, output: str, num_shards: int, itemsize: int) -> dict:
+  """Writes one shard's documents in id order; returns its index entry."""
+  shard, docs = shard_and_docs
+  name = shard_name(shard, num_shards)
+  path = os.path.join(output, name)
+  temporary = f"{path}.tmp-{uuid.uuid4().hex}"  # a retried bundle never leaves half a shard
+  writer = ArrayRecordWriter(temporary, SHARD_WRITER_OPTIONS)
+  documents = tokens = 0
+  for _, record in sorted(docs):
+    writer.write(record)
+    documents += 1
+    tokens += len(record) // itemsize
+  writer.close()
+  os.replace(temporary, path)
+  pipeline.count("documents_written", documents)
+  return {"file": name, "documents": documents, "tokens": tokens}
+
+
+def write_index(shards: list[dict], output: str, header: dict) -> None:
+  shards = sorted(shards, key=lambda s: s["file"])
+  index = {**header, "documents": sum(s["documents"] for s in shards),
+           "tokens": sum(s["tokens"] for s in shards), "shards": shards}
+  with open(os.path.join(output, INDEX_FILE), "w") as f:
+    json.dump(index, f, indent=1)
+    f.write("\n")
+
+
+def build(root: beam.Pipeline, args: argparse.Namespace, tokenizer: Tokenizer):
+  dtype = token_dtype(tokenizer.vocab_size)
+  header = {"input": args.input, "tokenizer": str(tokenizer.path),
+            "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
+            "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+            "dtype": dtype.name}
+  return (root
+          | "Read" >> pipeline.read_jsonl_files(args.input, parse_text_record)
+          | "Tokenize" >> beam.ParDo(TokenizeDocuments(str(tokenizer.path), args.num_shards))
+          | "GroupShards" >> beam.GroupByKey()
+          | "WriteShards" >> beam.Map(write_shard, args.output, args.num_shards, dtype.itemsize)
+          | "AllShards" >> beam.combiners.ToList()
+          | "WriteIndex" >> beam.Map(write_index, args.output, header))
+
+
+def main(argv: list[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(prog="python -m preprocessing.tokenize_shards",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--input", required=True, help="glob of one source's JSONL documents")
+  parser.add_argument("--output", required=True, help="directory for shards and index.json")
+  parser.add_argument("--tokenizer", required=True, help="SentencePiece model file")
+  parser.add_argument("--num_shards", type=int, default=64)
+  args, beam_args = parser.parse_known_args(argv)
+  if args.num_shards < 1:
+    parser.error(f"--num_shards={args.num_shards}: must be at least 1")
+  try:
+    tokenizer = Tokenizer(args.tokenizer)
+  except (FileNotFoundError, ValueError) as error:
+    parser.error(str(error))
+  total_bytes = _input_bytes(args.input)
+  options = PipelineOptions(beam_args)
+  runner = options.view_as(StandardOptions).runner or "DirectRunner"
+  in_process = (runner == "DirectRunner"
+                and options.view_as(DirectOptions).direct_running_mode in (None, "in_memory"))
+
+  started = time.time()
+  os.makedirs(args.output, exist_ok=True)
+  with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize input",
+            disable=not in_process) as bar:
+    pipeline.progress_bar = bar if in_process else None
+    try:
+      root = beam.Pipeline(options=options)
+      build(root, args, tokenizer)
+      result = root.run()
+      result.wait_until_finish()
+    finally:
+      pipeline.progress_bar = None
+
+  stats = {"input": args.input, "output": args.output, "tokenizer": args.tokenizer,
+           "runner": runner, "seconds": round(time.time() - started, 1),
+           **pipeline.collect_stats(result)}
+  path = pipeline.write_stats(stats, args.output)
+  print(f"{stats['documents_written']} documents, {stats.get('tokens', 0)} tokens written to "
+        f"{args.output}; dropped {stats['dropped']}, malformed {stats['malformed']}; "
+        f"stats in {path}", file=sys.stderr)
+  return stats
+
+
+if __name__ == "__main__":
+  main()
