@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grain
+import jax
 import numpy as np
 from grain.experimental import ConcatThenSplitIterDataset, ThreadPrefetchIterDataset
 
@@ -61,8 +62,7 @@ class SourceShards:
   files: tuple[Path, ...]
   documents: tuple[int, ...]  # per shard
   tokens: int
-  vocab_size: int
-  eos_id: int
+  vocab_size: int  # of the tokenizer that made the shards
   dtype: np.dtype
   tokenizer_sha256: str
 
@@ -81,7 +81,7 @@ class SourceShards:
       source = cls(name=name, directory=directory, files=files,
                    documents=tuple(int(shard["documents"]) for shard in shards),
                    tokens=int(index["tokens"]), vocab_size=int(index["vocab_size"]),
-                   eos_id=int(index["eos_id"]), dtype=np.dtype(index["dtype"]),
+                   dtype=np.dtype(index["dtype"]),
                    tokenizer_sha256=index["tokenizer_sha256"])
     except (ValueError, KeyError, TypeError) as error:
       raise DataError(f"{index_path} is not a token-shard index ({type(error).__name__}: "
@@ -250,6 +250,11 @@ def make_iterator(data_dir: str | Path, shares: Mapping[str, float], *, batch_si
   if len(tokenizers) > 1:
     raise DataError("sources were tokenized with different tokenizers: "
                     + ", ".join(f"{s.name} ({s.tokenizer_sha256[:12]})" for s in sources))
+  for s in sources:
+    if s.vocab_size > vocab_size:
+      raise DataError(f"{s.directory / INDEX_FILE}: made with a tokenizer of {s.vocab_size} "
+                      f"pieces, more than the model's vocabulary of {vocab_size}; "
+                      f"{_retokenize_hint(s.name, s.directory)} with the model's tokenizer")
   if total_tokens:
     logging.info("planned epochs per source over %.3g tokens: %s", total_tokens,
                  {k: round(v, 2) for k, v in planned_epochs(sources, shares, total_tokens).items()})
@@ -270,8 +275,6 @@ def iterator_from_config(config, process_index: int | None = None,
                          process_count: int | None = None) -> DataIterator:
   """make_iterator with the settings of a full config (`data`, `model`, `train` sections)."""
   if process_index is None or process_count is None:
-    import jax
-
     process_index, process_count = jax.process_index(), jax.process_count()
   data = config.data
   if data.dir is None:

@@ -212,10 +212,21 @@ def test_truncated_shard_names_the_file(tmp_path):
 
 
 def test_token_outside_the_vocabulary_names_the_file(tmp_path):
-  _write(tmp_path, {"c4": 100})  # ids up to 3 + number of documents
-  with pytest.raises(data.DataError, match=r"c4/tokens-.*: record \d+ holds token id \d+, "
-                                           r"outside the model's vocabulary of 10"):
-    next(_loader(tmp_path, {"c4": 1.0}, vocab_size=10))
+  docs = _documents(np.random.default_rng(0), 0, 100)
+  docs[5] = np.array([7, 40000, EOS])  # a bad id that a 32000-piece tokenizer cannot make
+  write_source(tmp_path / "c4", docs, num_shards=1)
+  iterator = _loader(tmp_path, {"c4": 1.0}, vocab_size=32000)
+  with pytest.raises(data.DataError, match=r"c4/tokens-.*: record 5 holds token id 40000, "
+                                           r"outside the model's vocabulary of 32000"):
+    for _ in range(20):
+      next(iterator)
+
+
+def test_shards_of_a_larger_tokenizer_are_refused(tmp_path):
+  _write(tmp_path, {"c4": 100})
+  with pytest.raises(data.DataError, match=r"c4/index.json: made with a tokenizer of 32000 "
+                                           r"pieces, more than the model's vocabulary of 100"):
+    _loader(tmp_path, {"c4": 1.0}, vocab_size=100)
 
 
 def test_config_section_is_table_1():
