@@ -229,9 +229,14 @@ def test_shards_of_a_larger_tokenizer_are_refused(tmp_path):
     _loader(tmp_path, {"c4": 1.0}, vocab_size=100)
 
 
-def test_config_section_is_table_1():
+def test_config_section_is_table_1(tmp_path, load_config):
   config = base_config()
   assert dict(config.data.shares) == SHARES
   assert sum(config.data.shares.values()) == pytest.approx(100)
   with pytest.raises(ValueError, match="config.data.dir is not set"):
     data.iterator_from_config(config, 0, 1)
+  _write(tmp_path, {name: 300 for name in SHARES})
+  config = load_config("tiny")
+  config.data.dir = str(tmp_path)
+  batch = next(data.iterator_from_config(config, process_index=1, process_count=2))
+  assert batch["inputs"].shape == (config.train.batch_size // 2, config.model.context_length)
