@@ -13,6 +13,7 @@ logits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -21,7 +22,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from llama_jax.attention import IMPLEMENTATIONS, dot_product_attention
-from llama_jax.sharding import HIDDEN, LOGITS, PER_HEAD, RESIDUAL, constrain
+from llama_jax.sharding import HIDDEN, LOGITS, PER_HEAD, RESIDUAL, constrain, shard_locally
 
 REMAT_POLICIES = ("none", "full", "save_linear")
 
@@ -155,8 +156,10 @@ class Attention(nnx.Module):
     q = apply_rope(_linear(x, self.wq, "btd,dhk->bthk", "query", PER_HEAD), cos, sin)
     k = apply_rope(_linear(x, self.wk, "btd,dhk->bthk", "key", PER_HEAD), cos, sin)
     v = _linear(x, self.wv, "btd,dhk->bthk", "value", PER_HEAD)
-    out = dot_product_attention(q, k, v, causal=True, implementation=self.implementation)
-    return _linear(constrain(out, PER_HEAD), self.wo, "bthk,hkd->btd", "attention_out", RESIDUAL)
+    attend = functools.partial(dot_product_attention, causal=True,
+                               implementation=self.implementation)
+    out = shard_locally(attend, (PER_HEAD,) * 3, PER_HEAD)(q, k, v)
+    return _linear(out, self.wo, "bthk,hkd->btd", "attention_out", RESIDUAL)
 
 
 class FeedForward(nnx.Module):

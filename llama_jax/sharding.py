@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 from flax import nnx
@@ -93,6 +93,21 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   if mesh_rules is None:
     return x
   return jax.lax.with_sharding_constraint(x, mesh_rules.sharding(logical_axes))
+
+
+def shard_locally(fn: Callable, in_axes: Sequence[Sequence[str | None]],
+                  out_axes: Sequence[str | None]) -> Callable:
+  """`fn` run per device on its own shards (shard_map) under `activation_sharding`, else as is.
+
+  For computations that are local along the sharded axes but that XLA cannot split by itself,
+  such as a Pallas kernel (a custom call): attention is local to its batch rows and heads.
+  """
+  mesh_rules = _ACTIVE.get()
+  if mesh_rules is None:
+    return fn
+  return jax.shard_map(fn, mesh=mesh_rules.mesh,
+                       in_specs=tuple(mesh_rules.spec(axes) for axes in in_axes),
+                       out_specs=mesh_rules.spec(out_axes), check_vma=False)
 
 
 def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:

@@ -203,3 +203,26 @@ def test_sequence_parallelism_turns_all_reduces_into_gather_and_scatter(tmp_path
   for collectives in (on, off):
     for kind, result_shapes in collectives.items():
       assert not [s for s in result_shapes if HLO_CONFIG.vocab_size in s], kind
+
+
+def test_pallas_attention_runs_per_device_under_the_mesh():
+  """A Pallas kernel is a custom call XLA cannot split: the model runs it under shard_map, each
+  device on its own batch rows and heads (interpret mode here), and matches plain attention on
+  one device."""
+  xla = ModelConfig(vocab_size=512, dim=128, n_layers=2, n_heads=8, ffn_dim=128,
+                    context_length=32, dtype="float32", attention="xla")
+  pallas = ModelConfig(**{**xla.__dict__, "attention": "pallas"})
+  results = []
+  for config, shape in ((xla, (1, 1, 1)), (pallas, (2, 1, 4))):
+    training = _training(shape, sequence_parallel=True, config=config)
+    params = training.init(jnp.int32(0)).params
+    loss_and_grads = training.jit_loss_and_grads()
+    loss, grads = loss_and_grads(params, _batch(config))
+    results.append((float(loss), jax.tree.leaves(grads)))
+  # The sharded program holds the per-device region (shard_map lowers to a manual computation).
+  assert "sdy.manual_computation" in loss_and_grads.lower(params, _batch(pallas)).as_text()
+  (ref_loss, ref_grads), (loss, grads) = results
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  for grad, ref in zip(grads, ref_grads, strict=True):
+    ref = np.asarray(ref)
+    np.testing.assert_allclose(np.asarray(grad), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
