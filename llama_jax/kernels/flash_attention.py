@@ -306,6 +306,15 @@ def _call(kernel, tiling: Tiling, grid_blocks: int, q: jax.Array, interpret: boo
                                            num_stages=tiling.num_stages))(*args)
 
 
+def _output(shape, dtype, *operands) -> jax.ShapeDtypeStruct:
+  """An output type varying over every mesh axis that an operand varies over: inside shard_map
+  (check_vma), pallas_call cannot infer it."""
+  varying = frozenset().union(*(jax.typeof(x).manual_axis_type.varying
+                                for x in operands if x is not None))
+  return jax.ShapeDtypeStruct(shape, dtype,
+                              manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
+
+
 def _forward(q, k, v, q_segments, kv_segments, causal, blocks, interpret):
   (batch, q_len, heads, head_dim), kv_len = q.shape, k.shape[1]
   tiling, segments = blocks.forward, q_segments is not None
@@ -313,11 +322,12 @@ def _forward(q, k, v, q_segments, kv_segments, causal, blocks, interpret):
   kv_all, kv_seg_all, _ = _specs(kv_len, head_dim, resident=False, segments=segments)
   kernel = functools.partial(_forward_kernel, causal=causal, block_k=tiling.block_k,
                              scale=head_dim ** -0.5)
-  out_shape = (jax.ShapeDtypeStruct(q.shape, q.dtype),
-               jax.ShapeDtypeStruct((batch, heads, q_len), jnp.float32))
+  operands = (q, k, v, q_segments, kv_segments)
+  out_shape = (_output(q.shape, q.dtype, *operands),
+               _output((batch, heads, q_len), jnp.float32, *operands))
   out, lse = _call(kernel, tiling, q_len // tiling.block_q, q, interpret, "flash_attention_forward",
                    (q_tile, kv_all, kv_all, q_seg, kv_seg_all), (q_tile, q_stat), out_shape,
-                   q, k, v, q_segments, kv_segments)
+                   *operands)
   return out, (q, k, v, q_segments, kv_segments, out, lse)
 
 
@@ -334,7 +344,7 @@ def _backward(causal, blocks, interpret, residuals, do):
   dq = _call(functools.partial(_dq_kernel, causal=causal, block_k=tiling.block_k, scale=scale),
              tiling, q_len // tiling.block_q, q, interpret, "flash_attention_dq",
              (q_tile, kv_all, kv_all, q_seg, kv_seg_all, q_tile, q_stat, q_stat), q_tile,
-             jax.ShapeDtypeStruct(q.shape, q.dtype), *args)
+             _output(q.shape, q.dtype, *args), *args)
 
   tiling = blocks.dkv
   q_all, q_seg_all, q_stat_all = _specs(q_len, head_dim, resident=False, segments=segments)
@@ -344,8 +354,7 @@ def _backward(causal, blocks, interpret, residuals, do):
                  tiling, kv_len // tiling.block_k, q, interpret, "flash_attention_dkv",
                  (q_all, kv_tile, kv_tile, q_seg_all, kv_seg, q_all, q_stat_all, q_stat_all),
                  (kv_tile, kv_tile),
-                 (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-                 *args)
+                 (_output(k.shape, k.dtype, *args), _output(v.shape, v.dtype, *args)), *args)
   return dq, dk, dv, None, None
 
 
