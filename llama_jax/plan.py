@@ -17,6 +17,7 @@ each axis crosses (see `communication_seconds`).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -61,13 +62,17 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def candidate_meshes(model_config, devices: int, gpus_per_node: int) -> list[dict[str, int]]:
-  """`tensor` up to a node; the rest pure FSDP, or FSDP in a node and data parallel across."""
+  """`tensor` up to a node; the rest FSDP (as far as the model dimension divides), or FSDP in a
+  node and data parallelism across nodes."""
   meshes = []
   for tensor in (1, 2, 4, 8, 16):
     if tensor > min(gpus_per_node, devices) or devices % tensor or any(
         getattr(model_config, f) % tensor for f in ("n_heads", "ffn_dim", "vocab_size")):
       continue
-    meshes.append({"data": 1, "fsdp": devices // tensor, "tensor": tensor})
+    # FSDP splits the model dimension, so it takes the largest share of the devices that divides
+    # it (all of them for power-of-two sizes); data parallelism takes what is left.
+    fsdp = math.gcd(devices // tensor, model_config.dim)
+    meshes.append({"data": devices // (tensor * fsdp), "fsdp": fsdp, "tensor": tensor})
     in_node = gpus_per_node // tensor
     if 1 < devices // (tensor * in_node) and devices % (tensor * in_node) == 0:
       meshes.append({"data": devices // (tensor * in_node), "fsdp": in_node, "tensor": tensor})
