@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama_jax.attention import dot_product_attention
+from llama_jax.attention import dot_product_attention, resolve_implementation
 
 
 def _qkv(batch=2, length=24, heads=3, head_dim=16):
@@ -56,5 +56,31 @@ def test_bad_arguments_are_refused():
     dot_product_attention(q[:, :, :2], k, v)
   with pytest.raises(ValueError, match="causal attention needs as many queries as keys"):
     dot_product_attention(q[:, :5], k, v)
-  with pytest.raises(ValueError, match="implementation 'pallas' is not available"):
-    dot_product_attention(q, k, v, implementation="pallas")
+  with pytest.raises(ValueError, match="implementation 'flash' is not available"):
+    dot_product_attention(q, k, v, implementation="flash")
+  with pytest.raises(ValueError, match=r"segment_ids must be integers of shape \[batch, seq\]"):
+    dot_product_attention(q, k, v, segment_ids=jnp.zeros((2, 23), jnp.int32))
+  with pytest.raises(ValueError, match=r"segment_ids must be integers"):
+    dot_product_attention(q, k, v, segment_ids=jnp.zeros((2, 24)))
+  with pytest.raises(ValueError, match="segment_ids need as many queries as keys"):
+    dot_product_attention(q[:, :5], k, v, causal=False, segment_ids=jnp.zeros((2, 5), jnp.int32))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_segment_ids_equal_attention_per_document(causal):
+  # Two packed documents of 10 and 14 tokens attend exactly as each would alone.
+  q, k, v = _qkv()
+  segment_ids = jnp.array([[0] * 10 + [1] * 14, [3] * 10 + [4] * 14], jnp.int32)
+  packed = dot_product_attention(q, k, v, causal=causal, segment_ids=segment_ids)
+  for part in (slice(0, 10), slice(10, 24)):
+    alone = dot_product_attention(q[:, part], k[:, part], v[:, part], causal=causal)
+    np.testing.assert_allclose(packed[:, part], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_is_xla_on_cpu_and_cudnn_needs_a_gpu():
+  assert resolve_implementation("auto") == "xla"
+  q, k, v = _qkv()
+  np.testing.assert_array_equal(dot_product_attention(q, k, v),
+                                dot_product_attention(q, k, v, implementation="xla"))
+  with pytest.raises(ValueError, match="'cudnn' needs an NVIDIA GPU; the JAX backend is 'cpu'"):
+    dot_product_attention(q, k, v, implementation="cudnn")
