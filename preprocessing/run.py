@@ -42,7 +42,7 @@ def _parser(source: str | None) -> argparse.ArgumentParser:
   return parser
 
 
-def _input_bytes(pattern: str) -> int:
+def input_bytes(pattern: str) -> int:
   matches = FileSystems.match([pattern])[0].metadata_list
   if not matches:
     raise SystemExit(f"error: no files match --input={pattern}")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
   source = importlib.import_module(SOURCES[args.source])
   if problems := source.check_arguments(args):
     parser.error("\n  ".join(problems))
-  total_bytes = _input_bytes(args.input)
+  total_bytes = input_bytes(args.input)
   options = PipelineOptions(beam_args)
   runner = options.view_as(StandardOptions).runner or "DirectRunner"
   in_process = (runner == "DirectRunner"

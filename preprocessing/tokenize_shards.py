@@ -36,7 +36,7 @@ from llama_jax.data import INDEX_FILE, SHARD_WRITER_OPTIONS, token_dtype
 from llama_jax.tokenizer import Tokenizer
 from preprocessing import pipeline
 from preprocessing.document import Document
-from preprocessing.run import _input_bytes
+from preprocessing.run import input_bytes
 
 
 def parse_text_record(line: str, where: str) -> Document:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = Tokenizer(args.tokenizer)
   except (FileNotFoundError, ValueError) as error:
     parser.error(str(error))
-  total_bytes = _input_bytes(args.input)
+  total_bytes = input_bytes(args.input)
   options = PipelineOptions(beam_args)
   runner = options.view_as(StandardOptions).runner or "DirectRunner"
   in_process = (runner == "DirectRunner"
