@@ -6,6 +6,7 @@ tests/test_attention.py checks against jax.nn.dot_product_attention and per-docu
 
 import dataclasses
 import functools
+import json
 from types import SimpleNamespace
 
 import jax
@@ -15,6 +16,7 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
+from benchmarks import attention as attention_benchmark
 from llama_jax.attention import dot_product_attention
 from llama_jax.kernels.flash_attention import (
     BlockSizes,
@@ -229,3 +231,16 @@ def test_model_with_pallas_attention_matches_xla(load_config):
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_benchmark_prints_a_row_per_measurement(capsys):
+  attention_benchmark.main(["--shapes=1x32x2x64", "--causal=true", "--iters=1"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(r["implementation"], r["pass"]) for r in rows] == [
+      (i, p) for i in ("pallas", "cudnn", "xla") for p in attention_benchmark.PASSES]
+  for row in rows:
+    assert row["shape"] == [1, 32, 2, 64] and row["dtype"] == "bfloat16" and row["causal"]
+    if row["implementation"] == "cudnn":
+      assert "needs an NVIDIA GPU" in row["skipped"]
+    else:
+      assert row["ms"] > 0 and row["tflops"] > 0
