@@ -244,3 +244,23 @@ def test_benchmark_prints_a_row_per_measurement(capsys):
       assert "needs an NVIDIA GPU" in row["skipped"]
     else:
       assert row["ms"] > 0 and row["tflops"] > 0
+
+
+@pytest.mark.parametrize(("head_dim", "capability", "dtype", "causal", "segments"), [
+    (64, "8.0", jnp.bfloat16, True, False), (128, "9.0", jnp.bfloat16, True, True),
+    (128, "8.0", jnp.float32, False, False), (64, "9.0", jnp.float32, False, True)])
+def test_kernels_lower_to_triton_for_gpus(head_dim, capability, dtype, causal, segments):
+  # Lowering (not compiling) for CUDA runs Pallas's Triton lowering here, without a GPU: every
+  # operation the kernels use must exist on that backend, with the default GPU block sizes.
+  blocks = default_block_sizes(head_dim, SimpleNamespace(compute_capability=capability))
+  shape = (2, 256, 4, head_dim)
+
+  def value_and_grads(q, k, v, do, segment_ids):
+    attend = functools.partial(flash_attention, segment_ids=segment_ids if segments else None,
+                               causal=causal, block_sizes=blocks, interpret=False)
+    out, vjp = jax.vjp(attend, q, k, v)
+    return out, vjp(do)
+
+  args = [jax.ShapeDtypeStruct(shape, dtype)] * 4 + [jax.ShapeDtypeStruct(shape[:2], jnp.int32)]
+  lowered = jax.jit(value_and_grads).trace(*args).lower(lowering_platforms=("cuda",))
+  assert lowered.as_text().count("xla.gpu.triton(") == 3  # forward, dq, dk/dv
