@@ -124,12 +124,14 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   blocks = (block_sizes or default_block_sizes(head_dim)).clamped(max(q_len, kv_len))
   q_pad, kv_pad = -q_len % blocks.largest, -kv_len % blocks.largest
 
+  # Padded keys come after every real query, so a causal mask hides them; without one, segment
+  # ids do.
   q_segments = kv_segments = segment_ids
   if segment_ids is None and kv_pad and not causal:
     q_segments = jnp.zeros(q.shape[:2], jnp.int32)
     kv_segments = jnp.zeros(k.shape[:2], jnp.int32)
   if q_segments is not None:
-    # An id no real key has: padded keys are then seen by padded queries only.
+    # An id no real token has, so no real query sees a padded key (padded queries are dropped).
     padding_id = jnp.min(kv_segments).astype(jnp.int32) - 1
     q_segments = _pad(q_segments.astype(jnp.int32), q_pad, padding_id)
     kv_segments = _pad(kv_segments.astype(jnp.int32), kv_pad, padding_id)
