@@ -15,4 +15,6 @@ def get_config():
   config.optim.warmup_steps = 20
   config.train.batch_size = 8
   config.train.total_tokens = 1.0e6
+  config.train.log_every = 1
+  config.checkpoint.every_steps = 50
   return config

@@ -71,6 +71,28 @@ def base_config() -> config_dict.ConfigDict:
   config.train.batch_size = 2048  # sequences: 2048 x 2048 tokens = 4M tokens per step
   config.train.total_tokens = config_dict.placeholder(float)
   config.train.seed = 0
+  # Sequences per micro-batch (gradient accumulation over batch_size / micro_batch_size slices);
+  # None: the whole batch at once.
+  config.train.micro_batch_size = config_dict.placeholder(int)
+  config.train.log_every = 10  # steps between metrics.jsonl records
+  # Safety rails (ours; BLOOM's and PaLM's reports of loss spikes): a non-finite loss or gradient
+  # skips the update; this many in a row, or a loss above spike_factor x the mean of the last
+  # spike_window losses, rolls back to the last checkpoint and skips the offending batches.
+  config.train.max_consecutive_skips = 3
+  config.train.spike_factor = 2.0
+  config.train.spike_window = 100
+  config.train.spike_min_history = 20  # losses seen before spikes are looked for
+
+  config.checkpoint = config_dict.ConfigDict()
+  config.checkpoint.every_steps = 1000
+  config.checkpoint.keep = 3
+  config.checkpoint.async_save = True
+
+  # Energy and carbon as the paper's Table 15: measured through NVML on GPUs, else this power.
+  config.energy = config_dict.ConfigDict()
+  config.energy.watts_per_device = 400.0  # A100 nominal (paper)
+  config.energy.pue = 1.1
+  config.energy.tco2_per_mwh = 0.385  # US national average carbon intensity (paper)
   return config
 
 

@@ -1,5 +1,7 @@
-"""Training: the train state, the loss, and the sharded, jitted step `(state, batch) -> (state,
-metrics)`.
+"""Training: `python -m llama_jax.train --config=configs/13b.py --workdir=DIR [--config.KEY=V]`.
+
+The train state, the loss, the sharded, jitted step `(state, batch) -> (state, metrics)`, and the
+program that drives it (Trainer): data, checkpoints, metrics, safety rails, signals.
 
 The model is split once (`nnx.split`) into its static graph and its parameter state; the step is a
 pure function of the state, compiled with the shardings that llama_jax.sharding derives from the
@@ -9,17 +11,38 @@ logical axis names, so parameters, gradients and optimizer state are split over 
 
 from __future__ import annotations
 
+import copy
+import signal
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from absl import app, flags, logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
+from tqdm import tqdm
 
+from llama_jax import distributed
+from llama_jax import metrics as metrics_lib
+from llama_jax.checkpoint import Checkpoints
+from llama_jax.config import parse_flags
+from llama_jax.data import iterator_from_config
 from llama_jax.model import Llama, ModelConfig, abstract_model
-from llama_jax.sharding import TOKENS, MeshRules, activation_sharding, param_shardings
+from llama_jax.optim import learning_rate_schedule, make_optimizer, total_steps
+from llama_jax.sharding import (
+    TOKENS,
+    MeshRules,
+    activation_sharding,
+    check_fits,
+    logical_rules,
+    make_mesh,
+    param_shardings,
+)
 
 Batch = dict[str, jax.Array]  # "inputs" and "targets": int32 [batch, seq]
 
@@ -53,10 +76,13 @@ class ShardedTraining:
   """The compiled functions of one training set-up: model, optimizer, mesh and rules."""
 
   def __init__(self, model_config: ModelConfig, optimizer: optax.GradientTransformation,
-               mesh_rules: MeshRules):
+               mesh_rules: MeshRules, *, schedule: optax.Schedule | None = None,
+               micro_batches: int = 1):
     self.model_config = model_config
     self.optimizer = optimizer
     self.mesh_rules = mesh_rules
+    self.schedule = schedule
+    self.micro_batches = micro_batches
     self.graphdef, abstract_params = nnx.split(abstract_model(model_config))
     params = param_shardings(abstract_params, mesh_rules)
     replicated = NamedSharding(mesh_rules.mesh, PartitionSpec())
@@ -80,12 +106,43 @@ class ShardedTraining:
     with activation_sharding(self.mesh_rules):
       return jax.value_and_grad(loss_fn)(params, self.graphdef, batch)
 
+  def accumulated_loss_and_grads(self, params: nnx.State,
+                                 batch: Batch) -> tuple[jax.Array, nnx.State]:
+    """Mean loss and gradients over `micro_batches` slices of the batch, one at a time.
+
+    Micro-batch i takes rows i, i + m, i + 2m, ...: every device keeps its own rows, so the split
+    moves no data. All micro-batches have as many tokens, so the mean equals the whole batch's.
+    """
+    m = self.micro_batches
+    if m == 1:
+      return self.loss_and_grads(params, batch)
+    micro_sharding = self.mesh_rules.sharding((None, *TOKENS))
+
+    def split(x):
+      x = x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
+      return jax.lax.with_sharding_constraint(x, micro_sharding)
+
+    def add_micro_batch(total, micro_batch):
+      return jax.tree.map(jnp.add, total, self.loss_and_grads(params, micro_batch)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), _ = jax.lax.scan(add_micro_batch, zeros, jax.tree.map(split, batch))
+    return loss / m, jax.tree.map(lambda g: g / m, grads)
+
   def _step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    loss, grads = self.loss_and_grads(state.params, batch)
+    loss, grads = self.accumulated_loss_and_grads(state.params, batch)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    updated = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state)
+    # A non-finite loss or gradient leaves the state as it was: the update is skipped, and the
+    # training loop counts it (and rolls back after too many in a row).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": ~finite}
+    if self.schedule is not None:
+      metrics["lr"] = self.schedule(state.step)
+    return new_state, metrics
 
   def jit_loss_and_grads(self) -> Callable[[nnx.State, Batch], tuple[jax.Array, nnx.State]]:
     """loss and gradients alone, compiled with the step's shardings (for tests and tools)."""
@@ -93,3 +150,216 @@ class ShardedTraining:
                    in_shardings=(self.state_shardings.params, self.batch_sharding),
                    out_shardings=(NamedSharding(self.mesh_rules.mesh, PartitionSpec()),
                                   self.state_shardings.params))
+
+
+class _Rollback(Exception):
+  """Raised inside the loop to go back to the last checkpoint, skipping `batches`."""
+
+  def __init__(self, reason: str, batches: list[int]):
+    super().__init__(reason)
+    self.batches = batches
+
+
+class Trainer:
+  """The training program: data, sharded steps, checkpoints, metrics and the safety rails.
+
+  Host-side progress that a resumed run needs (batches drawn from the loader, batches to skip,
+  the recent losses the spike detector compares with, energy so far) is saved with every
+  checkpoint, so a run killed and resumed continues exactly as the uninterrupted one.
+  """
+
+  def __init__(self, config, workdir: str | Path, devices: list[jax.Device] | None = None):
+    self.config = config
+    self.workdir = Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.model_config = ModelConfig.from_dict(config.model)
+    self.total_steps = total_steps(config)
+    batch_size = config.train.batch_size
+    micro_batch = config.train.micro_batch_size or batch_size
+    if batch_size % micro_batch:
+      raise ValueError(f"train.batch_size={batch_size} is not a multiple of "
+                       f"train.micro_batch_size={micro_batch}")
+    mesh = make_mesh(config.mesh, devices)
+    check_fits(self.model_config, dict(mesh.shape), micro_batch, config.mesh.sequence_parallel)
+    schedule = learning_rate_schedule(config.optim, self.total_steps)
+    self.training = ShardedTraining(
+        self.model_config, make_optimizer(config.optim, self.total_steps),
+        MeshRules(mesh, logical_rules(config.mesh.sequence_parallel)), schedule=schedule,
+        micro_batches=batch_size // micro_batch)
+    self.data = iterator_from_config(config)
+    self.checkpoints = Checkpoints(self.workdir, keep=config.checkpoint.keep,
+                                   async_save=config.checkpoint.async_save)
+    self.writer: metrics_lib.MetricsWriter | None = None
+    self.energy: metrics_lib.EnergyMeter | None = None
+    self.tokens_per_step = batch_size * self.model_config.context_length
+    self.flops_per_step = metrics_lib.flops_per_token(self.model_config) * self.tokens_per_step
+    self.peak_flops = metrics_lib.peak_flops_per_second(jax.devices()[0])
+    self.stop_signal: int | None = None
+
+  # --- state ---------------------------------------------------------------------------------
+
+  def _abstract_state(self) -> TrainState:
+    shapes = jax.eval_shape(self.training.init, jnp.int32(0))
+    return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                 sharding=sharding),
+                        shapes, self.training.state_shardings)
+
+  def _restore(self, step: int) -> tuple[TrainState, dict]:
+    state, data_state, progress = self.checkpoints.restore(step, self._abstract_state())
+    self.data.set_state(data_state)
+    return state, progress
+
+  def _save(self, state: TrainState, progress: dict) -> None:
+    progress["energy"] = self.energy.state()
+    # Copies: an asynchronous save serialises them later, while the loop goes on changing them.
+    self.checkpoints.save(int(state.step), state, copy.deepcopy(self.data.get_state()),
+                          copy.deepcopy(progress))
+
+  def _start(self) -> tuple[TrainState, dict]:
+    latest = self.checkpoints.latest_step()
+    if latest is not None:
+      logging.info("resuming from %s/%d", self.checkpoints.directory, latest)
+      return self._restore(latest)
+    state = self.training.init(jnp.int32(self.config.train.seed))
+    progress = {"batches_drawn": 0, "skip_batches": [], "recent_losses": [], "skipped_updates": 0,
+                "rollbacks": 0}
+    return state, progress
+
+  # --- the loop ------------------------------------------------------------------------------
+
+  def _next_batch(self, progress: dict) -> Batch:
+    """The next batch not marked to skip, as global arrays from this process's rows."""
+    while True:
+      rows = next(self.data)
+      progress["batches_drawn"] += 1
+      if progress["batches_drawn"] not in progress["skip_batches"]:
+        local = {"inputs": rows["inputs"], "targets": rows["targets"]}
+        return distributed.global_batch(self.training.batch_sharding, local,
+                                         self.config.train.batch_size)
+      logging.warning("skipping batch %d (rolled back over it)", progress["batches_drawn"])
+
+  def _check_rails(self, values: dict, progress: dict) -> None:
+    train = self.config.train
+    batch = progress["batches_drawn"]
+    if values["skipped"]:
+      progress["skipped_updates"] += 1
+      progress.setdefault("nonfinite_batches", []).append(batch)
+      logging.warning("non-finite loss or gradient at batch %d: update skipped", batch)
+      if len(progress["nonfinite_batches"]) >= train.max_consecutive_skips:
+        raise _Rollback(f"{train.max_consecutive_skips} non-finite steps in a row",
+                        progress["nonfinite_batches"])
+      return
+    progress.pop("nonfinite_batches", None)
+    recent = progress["recent_losses"]
+    if len(recent) >= train.spike_min_history:
+      mean = sum(recent) / len(recent)
+      if values["loss"] > train.spike_factor * mean:
+        raise _Rollback(f"loss {values['loss']:.4f} > {train.spike_factor} x recent mean "
+                        f"{mean:.4f}", [batch])
+    progress["recent_losses"] = (recent + [values["loss"]])[-train.spike_window:]
+
+  def _rollback(self, rollback: _Rollback, progress: dict) -> tuple[TrainState, dict]:
+    self.checkpoints.wait()
+    step = self.checkpoints.latest_step()
+    skip = sorted(set(progress["skip_batches"]) | set(rollback.batches))
+    logging.warning("%s: rolling back to step %d and skipping batches %s", rollback, step,
+                    rollback.batches)
+    state, restored = self._restore(step)
+    restored["skip_batches"] = skip
+    restored["rollbacks"] = progress["rollbacks"] + 1
+    return state, restored
+
+  def _log(self, state: TrainState, values: dict, progress: dict, step_seconds: float) -> None:
+    step = int(state.step)
+    devices = jax.device_count()
+    record = {
+        "step": step, "loss": values["loss"], "grad_norm": values["grad_norm"],
+        "lr": values["lr"], "tokens": step * self.tokens_per_step,
+        "tokens_per_s_per_device": self.tokens_per_step / step_seconds / devices,
+        "mfu": (self.flops_per_step / step_seconds / devices / self.peak_flops
+                if self.peak_flops else None),
+        "step_seconds": step_seconds, "device_memory_bytes": metrics_lib.device_memory_in_use(),
+        "skipped_updates": progress["skipped_updates"], "rollbacks": progress["rollbacks"],
+        **self.energy.update(),
+    }
+    if self.writer:
+      self.writer.write(step, record)
+
+  def _on_signal(self, signum, _frame) -> None:
+    logging.warning("signal %d: saving after this step, then exiting", signum)
+    self.stop_signal = signum
+
+  def run(self) -> dict:
+    """Trains to the configured number of steps (or a stop signal); returns the last values."""
+    previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    state, progress = self._start()
+    energy = self.config.energy
+    self.energy = metrics_lib.EnergyMeter(energy.watts_per_device, energy.pue,
+                                          energy.tco2_per_mwh, state=progress.get("energy"))
+    if int(state.step) == 0:
+      self._save(state, progress)  # step 0: a rollback always has somewhere to go
+    if jax.process_index() == 0:
+      # A resumed run writes its steps again from here; TensorBoard drops the old ones.
+      self.writer = metrics_lib.MetricsWriter(self.workdir, purge_from_step=int(state.step) + 1)
+    values = {}
+    bar = tqdm(total=self.total_steps, initial=int(state.step), unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
+    try:
+      while int(state.step) < self.total_steps and self.stop_signal is None:
+        batch = self._next_batch(progress)
+        start = time.perf_counter()
+        state, step_metrics = self.training.step(state, batch)
+        values = {name: value.item() for name, value in jax.device_get(step_metrics).items()}
+        seconds = time.perf_counter() - start
+        try:
+          self._check_rails(values, progress)
+        except _Rollback as rollback:
+          state, progress = self._rollback(rollback, progress)
+          bar.n = int(state.step)
+          continue
+        step = int(state.step)
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+        if step % self.config.train.log_every == 0 or step == self.total_steps:
+          self._log(state, values, progress, seconds)
+        if step % self.config.checkpoint.every_steps == 0 or step == self.total_steps:
+          self._save(state, progress)
+      if self.stop_signal is not None and self.checkpoints.latest_step() != int(state.step):
+        self._save(state, progress)
+      self.checkpoints.wait()
+    finally:
+      bar.close()
+      for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    return {**values, **self.energy.update(), "step": int(state.step),
+            "stopped_by_signal": self.stop_signal}
+
+  def close(self) -> None:
+    self.checkpoints.close()
+    self.data.close()
+    if self.writer:
+      self.writer.close()
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/13b.py",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics.jsonl, "
+                               "tensorboard/; a run in it is resumed")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError("--config=FILE and --workdir=DIR are required")
+  distributed.initialize_from_flags()
+  trainer = Trainer(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = trainer.run()
+  finally:
+    trainer.close()
+  logging.info("finished at step %d: %s", result["step"], result)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,243 @@
+"""The training program: accumulation, skipped updates, rollbacks, signals, exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from benchmarks.data_loader import write_source
+from llama_jax.metrics import read_metrics
+from llama_jax.model import ModelConfig
+from llama_jax.sharding import MeshRules, logical_rules, make_mesh
+from llama_jax.train import ShardedTraining, Trainer
+from tests.conftest import REPO_ROOT
+
+VOCAB = 512
+SOURCES = ("ccnet", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
+# configs/tiny.py made smaller still, so a run of a few dozen steps takes seconds.
+OVERRIDES = {
+    "model.vocab_size": VOCAB, "model.dim": 64, "model.n_layers": 2, "model.n_heads": 4,
+    "model.ffn_dim": 128, "model.context_length": 32, "train.batch_size": 8,
+    "train.total_tokens": 24 * 8 * 32.0, "optim.warmup_steps": 2, "optim.peak_lr": 1e-2,
+    "checkpoint.every_steps": 3, "train.spike_min_history": 5, "train.spike_window": 10,
+    "data.read_threads": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+  """Two sources of repetitive documents (quickly learnt, so a random batch is a loss spike)."""
+  root = tmp_path_factory.mktemp("tokens")
+  rng = np.random.default_rng(0)
+  for name in ("wikipedia", "books"):
+    phrases = [rng.integers(3, VOCAB, 6) for _ in range(4)]
+    documents = [np.concatenate([phrases[i % 4]] * int(rng.integers(2, 6)) + [[2]])
+                 for i in range(400)]
+    write_source(root / name, documents, num_shards=2, vocab_size=VOCAB)
+  return root
+
+
+def _config(load_config, shards, **overrides):
+  config = load_config("tiny")
+  for key, value in {**OVERRIDES, "data.dir": str(shards), **overrides}.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  for name in SOURCES:
+    config.data.shares[name] = 1.0 if name in ("wikipedia", "books") else 0.0
+  return config
+
+
+def _flags(config_overrides: dict) -> list[str]:
+  return [f"--config.{key}={value}" for key, value in config_overrides.items()]
+
+
+def _losses(workdir) -> dict[int, float]:
+  return {record["step"]: record["loss"] for record in read_metrics(workdir / "metrics.jsonl")}
+
+
+def _train_process(workdir, shards, **overrides):
+  settings = {**OVERRIDES, "data.dir": shards, **overrides}
+  shares = [f"--config.data.shares.{name}={1.0 if name in ('wikipedia', 'books') else 0.0}"
+            for name in SOURCES]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT), "XLA_FLAGS": ""}
+  return subprocess.Popen(
+      [sys.executable, "-m", "llama_jax.train", "--config=configs/tiny.py",
+       f"--workdir={workdir}", *_flags(settings), *shares],
+      cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+      stderr=open(workdir.parent / f"{workdir.name}.log", "w"))
+
+
+def _wait_for_step(workdir, step, process, timeout=180):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if (workdir / "metrics.jsonl").exists() and max(_losses(workdir), default=0) >= step:
+      return
+    assert process.poll() is None, (workdir.parent / f"{workdir.name}.log").read_text()[-3000:]
+    time.sleep(0.05)
+  raise TimeoutError(f"step {step} not reached")
+
+
+# --- the step --------------------------------------------------------------------------------
+
+def _step_training(micro_batches=1, devices=None):
+  config = ModelConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, ffn_dim=128,
+                       context_length=16, dtype="float32")
+  mesh = make_mesh({"data": 1, "fsdp": -1, "tensor": 1}, devices or jax.devices()[:1])
+  # eps 1e-3: Adam's first update is about sign(g) for gradients far below eps = 1e-8, which
+  # would magnify last-bit differences of the summation order (see test_sharding).
+  return ShardedTraining(config, optax.adamw(1e-3, eps=1e-3),
+                         MeshRules(mesh, logical_rules(True)), micro_batches=micro_batches)
+
+
+def _tokens(batch=8, length=16):
+  ids = np.random.default_rng(1).integers(0, VOCAB, (batch, length + 1)).astype(np.int32)
+  return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_micro_batches_give_the_whole_batch_step(devices):
+  results = []
+  for micro_batches in (1, 4):  # 4 micro-batches of 8 rows: one row per device on 8 devices
+    training = _step_training(micro_batches, jax.devices()[:devices])
+    state, metrics = training.step(training.init(jnp.int32(0)), _tokens(batch=32))
+    results.append((jax.device_get(metrics), jax.tree.map(np.asarray, state.params)))
+  (whole, whole_params), (micro, micro_params) = results
+  np.testing.assert_allclose(micro["loss"], whole["loss"], rtol=1e-6)
+  np.testing.assert_allclose(micro["grad_norm"], whole["grad_norm"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               micro_params, whole_params)
+
+
+def test_a_nonfinite_step_leaves_the_state_unchanged():
+  training = _step_training()
+  state = training.init(jnp.int32(0))
+  before = jax.tree.map(np.asarray, state)
+  bad = _tokens()
+  bad["inputs"][0, 3] = VOCAB  # outside the table: the embedding lookup yields NaN
+  state, metrics = training.step(state, bad)
+  assert bool(metrics["skipped"]) and not np.isfinite(float(metrics["loss"]))
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state), before)
+  state, metrics = training.step(state, _tokens())
+  assert not bool(metrics["skipped"]) and int(state.step) == 1
+
+
+# --- the program ------------------------------------------------------------------------------
+
+class _Injecting:
+  """Wraps the data iterator, replacing the batches at given positions (counted in its state,
+  so a restored iterator injects at the same positions again)."""
+
+  def __init__(self, iterator, replace):
+    self.iterator, self.replace, self.drawn = iterator, replace, 0
+
+  def __next__(self):
+    batch = next(self.iterator)
+    self.drawn += 1
+    return self.replace(self.drawn, batch)
+
+  def get_state(self):
+    return {"inner": self.iterator.get_state(), "drawn": self.drawn}
+
+  def set_state(self, state):
+    self.iterator.set_state(state["inner"])
+    self.drawn = state["drawn"]
+
+  def close(self):
+    self.iterator.close()
+
+
+def _run(config, workdir, replace=None, devices=None):
+  trainer = Trainer(config, workdir, devices=devices or jax.devices()[:1])
+  if replace:
+    trainer.data = _Injecting(trainer.data, replace)
+  try:
+    return trainer.run()
+  finally:
+    trainer.close()
+
+
+def test_nonfinite_steps_in_a_row_roll_back_and_skip_those_batches(load_config, shards, tmp_path):
+  config = _config(load_config, shards)
+  bad = {8, 9, 10}  # three in a row = train.max_consecutive_skips
+
+  def poison(drawn, batch):
+    if drawn in bad:
+      batch = {**batch, "inputs": np.full_like(batch["inputs"], VOCAB)}
+    return batch
+
+  result = _run(config, tmp_path / "run", poison)
+  assert result["step"] == 24
+  records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+  assert records[-1]["rollbacks"] == 1
+  assert all(np.isfinite(r["loss"]) for r in records)
+  # Back at the checkpoint of step 6, batches 7.. are drawn again, 8-10 skipped: the run after
+  # the rollback equals a run that never saw them.
+  clean = _run(config, tmp_path / "clean", lambda drawn, batch: batch)
+  assert clean["step"] == 24
+  assert _losses(tmp_path / "run")[7] == _losses(tmp_path / "clean")[7]
+  assert _losses(tmp_path / "run")[24] != _losses(tmp_path / "clean")[24]
+
+
+def test_a_loss_spike_rolls_back_and_skips_the_batch(load_config, shards, tmp_path):
+  config = _config(load_config, shards)
+  rng = np.random.default_rng(5)
+
+  def spike(drawn, batch):
+    if drawn == 16:  # random tokens after the model has learnt the repetitive documents
+      noise = rng.integers(3, VOCAB, batch["inputs"].shape).astype(np.int32)
+      batch = {**batch, "inputs": noise, "targets": noise}
+    return batch
+
+  result = _run(config, tmp_path / "run", spike)
+  records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+  assert result["step"] == 24 and records[-1]["rollbacks"] == 1
+  losses = _losses(tmp_path / "run")
+  assert max(losses[s] for s in range(10, 25)) < 2 * np.mean([losses[s] for s in range(5, 15)])
+
+
+def test_tensor_parallel_mesh_trains_like_one_device(load_config, shards, tmp_path):
+  config = _config(load_config, shards, **{"train.total_tokens": 6 * 8 * 32.0,
+                                           "checkpoint.every_steps": 100})
+  _run(config, tmp_path / "one")
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 4, 2
+  _run(config, tmp_path / "mesh", devices=jax.devices())
+  one, mesh = _losses(tmp_path / "one"), _losses(tmp_path / "mesh")
+  assert sorted(one) == sorted(mesh) == list(range(1, 7))
+  np.testing.assert_allclose([mesh[s] for s in one], list(one.values()), rtol=1e-5)
+
+
+def test_killed_and_resumed_run_has_the_same_losses_bitwise(shards, tmp_path):
+  whole = _train_process(tmp_path / "whole", shards)
+  assert whole.wait(timeout=300) == 0
+  killed = _train_process(tmp_path / "killed", shards)
+  _wait_for_step(tmp_path / "killed", 14, killed)
+  killed.kill()  # SIGKILL: no chance to save
+  killed.wait()
+  resumed = _train_process(tmp_path / "killed", shards)
+  assert resumed.wait(timeout=300) == 0
+  assert _losses(tmp_path / "killed") == _losses(tmp_path / "whole")  # floats compared exactly
+  assert len(_losses(tmp_path / "whole")) == 24
+
+
+def test_sigterm_saves_and_exits_cleanly(shards, tmp_path):
+  workdir = tmp_path / "run"
+  process = _train_process(workdir, shards, **{"checkpoint.every_steps": 1000})
+  _wait_for_step(workdir, 4, process)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 0
+  last_logged = max(_losses(workdir))
+  assert last_logged < 24
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved[-1] == last_logged  # the step it stopped at, beside step 0
+  resumed = _train_process(workdir, shards, **{"checkpoint.every_steps": 1000})
+  assert resumed.wait(timeout=300) == 0
+  steps = [record["step"] for record in map(json.loads, open(workdir / "metrics.jsonl"))]
+  assert steps == list(range(1, 25))  # resumed after the saved step: none replayed or missing
