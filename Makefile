@@ -9,16 +9,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # One stamp per install, redone when pyproject.toml changes.
-$(VENV)/installed-base: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e .
+$(VENV)/installed-data: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[data]'
 	touch $@
 
 $(VENV)/installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[test,data]'
 	touch $@
 
-demo: $(VENV)/installed-base
-	$(BIN)/python -m llama_jax.demo --config=configs/tiny.py
+# The demo tokenizes with the Beam pipeline, so it needs the data extra.
+demo: $(VENV)/installed-data
+	$(BIN)/python -m llama_jax.demo --config=configs/tiny.py --workdir=runs/demo
 
 lint: $(VENV)/installed-test
 	$(BIN)/ruff check .
@@ -27,4 +28,4 @@ test: lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache runs

@@ -341,19 +341,14 @@ class Trainer:
       self.writer.close()
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/13b.py",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics.jsonl, "
-                               "tensorboard/; a run in it is resumed")
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if config is None or workdir is None:
     raise app.UsageError("--config=FILE and --workdir=DIR are required")
   distributed.initialize_from_flags()
-  trainer = Trainer(_CONFIG.value, _WORKDIR.value)
+  trainer = Trainer(config, workdir)
   try:
     result = trainer.run()
   finally:
@@ -362,4 +357,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Defined here, not on import, so that programs that import Trainer keep their own flags.
+  config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/13b.py")
+  flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics.jsonl, tensorboard/; "
+                      "a run there is resumed")
   app.run(main, flags_parser=parse_flags)

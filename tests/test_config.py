@@ -1,5 +1,6 @@
 """Config files against the paper's Table 2 and section 2.3, and the command-line contract."""
 
+import json
 import subprocess
 import sys
 
@@ -77,9 +78,17 @@ def test_bad_config_value_is_a_usage_error():
   assert "Traceback" not in result.stderr
 
 
-def test_demo_runs_with_an_override():
-  result = _demo("--config=configs/tiny.py", "--config.model.n_layers=2")
-  assert result.returncode == 0, result.stderr
-  assert "7b:   6.74B" in result.stdout
-  assert "2 layers (scanned)" in result.stdout
-  assert "next-token loss" in result.stdout
+def test_demo_runs_end_to_end_and_resumes(tmp_path):
+  args = ("--config=configs/tiny.py", f"--workdir={tmp_path}", "--steps=4",
+          "--config.model.n_layers=2")
+  first = _demo(*args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert first.stdout.count(": running") == 3  # corpus, tokenizer, shards
+  assert "step    4" in first.stdout
+  assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  index = json.loads((tmp_path / "tokens" / "python_docs" / "index.json").read_text())
+  assert sum(shard["tokens"] for shard in index["shards"]) > 100_000
+  second = _demo(*args)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert second.stdout.count("done before, skipped") == 3
+  assert "step    4" in second.stdout  # training finished: resumed at its last step
