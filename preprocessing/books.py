@@ -275,7 +275,7 @@ def _read_book(readable: fileio.ReadableFile) -> Iterable[Document]:
   except (OSError, EOFError, ValueError, zlib.error) as error:
     report_malformed("unreadable_file", f"{path}: {error}")
     return
-  if wiring.progress_bar is not None:  # set by preprocessing.run after this module is imported
+  if wiring.progress_bar is not None:  # set by pipeline.run_pipeline while the pipeline runs
     wiring.progress_bar.update(readable.metadata.size_in_bytes)
   doc = book_document(path, data)
   if doc is not None:

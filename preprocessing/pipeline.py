@@ -14,12 +14,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from tqdm import tqdm
 
 from preprocessing.document import Document, Drop, Filter
 from preprocessing.wet import Malformed, read_wet
@@ -27,7 +30,7 @@ from preprocessing.wet import Malformed, read_wet
 NAMESPACE = "preprocessing"
 
 # A tqdm bar over input bytes while the pipeline runs in this process (DirectRunner in memory);
-# set by preprocessing.run. Workers of a distributed runner never see it.
+# set by run_pipeline. Workers of a distributed runner never see it.
 progress_bar = None
 
 
@@ -240,3 +243,36 @@ def write_stats(stats: dict, output: str) -> str:
   with FileSystems.create(path) as f:
     f.write((json.dumps(stats, indent=2) + "\n").encode("utf-8"))
   return path
+
+
+def input_bytes(pattern: str) -> int:
+  matches = FileSystems.match([pattern])[0].metadata_list
+  if not matches:
+    raise SystemExit(f"error: no files match --input={pattern}")
+  return sum(m.size_in_bytes for m in matches)
+
+
+def run_pipeline(beam_args: Sequence[str], input_pattern: str, description: str,
+                 build: Callable[[beam.Pipeline], None]) -> dict:
+  """Builds (with `build`) and runs one pipeline with the Beam options in `beam_args`.
+
+  On the in-process DirectRunner a progress bar follows the input bytes read. Returns the run's
+  runner, wall seconds and counters (collect_stats).
+  """
+  options = PipelineOptions(beam_args)
+  runner = options.view_as(StandardOptions).runner or "DirectRunner"
+  in_process = (runner == "DirectRunner"
+                and options.view_as(DirectOptions).direct_running_mode in (None, "in_memory"))
+  global progress_bar
+  started = time.time()
+  with tqdm(total=input_bytes(input_pattern), unit="B", unit_scale=True, desc=description,
+            disable=not in_process) as bar:
+    progress_bar = bar if in_process else None
+    try:
+      root = beam.Pipeline(options=options)
+      build(root)
+      result = root.run()
+      result.wait_until_finish()
+    finally:
+      progress_bar = None
+  return {"runner": runner, "seconds": round(time.time() - started, 1), **collect_stats(result)}

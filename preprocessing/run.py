@@ -11,12 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import time
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-from tqdm import tqdm
 
 from preprocessing import pipeline
 
@@ -42,13 +38,6 @@ def _parser(source: str | None) -> argparse.ArgumentParser:
   return parser
 
 
-def input_bytes(pattern: str) -> int:
-  matches = FileSystems.match([pattern])[0].metadata_list
-  if not matches:
-    raise SystemExit(f"error: no files match --input={pattern}")
-  return sum(m.size_in_bytes for m in matches)
-
-
 def main(argv: list[str] | None = None) -> dict:
   source_only = argparse.ArgumentParser(add_help=False)
   source_only.add_argument("--source")
@@ -57,32 +46,17 @@ def main(argv: list[str] | None = None) -> dict:
   source = importlib.import_module(SOURCES[args.source])
   if problems := source.check_arguments(args):
     parser.error("\n  ".join(problems))
-  total_bytes = input_bytes(args.input)
-  options = PipelineOptions(beam_args)
-  runner = options.view_as(StandardOptions).runner or "DirectRunner"
-  in_process = (runner == "DirectRunner"
-                and options.view_as(DirectOptions).direct_running_mode in (None, "in_memory"))
-
-  started = time.time()
-  if not FileSystems.exists(args.output):
-    FileSystems.mkdirs(args.output)
-  with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"{args.source} input",
-            disable=not in_process) as bar:
-    pipeline.progress_bar = bar if in_process else None
+  def build(root):
+    if not FileSystems.exists(args.output):
+      FileSystems.mkdirs(args.output)
     try:
-      root = beam.Pipeline(options=options)
-      try:
-        docs = source.build(root, args)
-      except (FileNotFoundError, ValueError) as error:  # models and lists named by flags
-        parser.error(str(error))
-      docs | "Write" >> pipeline.WriteDocuments(args.output, args.compression, args.num_shards)
-      result = root.run()
-      result.wait_until_finish()
-    finally:
-      pipeline.progress_bar = None
+      docs = source.build(root, args)
+    except (FileNotFoundError, ValueError) as error:  # models and lists named by flags
+      parser.error(str(error))
+    docs | "Write" >> pipeline.WriteDocuments(args.output, args.compression, args.num_shards)
 
-  stats = {"source": args.source, "input": args.input, "output": args.output, "runner": runner,
-           "seconds": round(time.time() - started, 1), **pipeline.collect_stats(result),
+  run = pipeline.run_pipeline(beam_args, args.input, f"{args.source} input", build)
+  stats = {"source": args.source, "input": args.input, "output": args.output, **run,
            "settings": {k: v for k, v in sorted(vars(args).items())
                         if k not in ("source", "input", "output")}}
   path = pipeline.write_stats(stats, args.output)

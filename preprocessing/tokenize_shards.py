@@ -23,20 +23,16 @@ import hashlib
 import json
 import os
 import sys
-import time
 import uuid
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from array_record.python.array_record_module import ArrayRecordWriter
-from tqdm import tqdm
 
 from llama_jax.data import INDEX_FILE, SHARD_WRITER_OPTIONS, token_dtype
 from llama_jax.tokenizer import Tokenizer
 from preprocessing import pipeline
 from preprocessing.document import Document
-from preprocessing.run import input_bytes
 
 
 def parse_text_record(line: str, where: str) -> Document:
@@ -106,6 +102,7 @@ def write_index(shards: list[dict], output: str, header: dict) -> None:
 
 
 def build(root: beam.Pipeline, args: argparse.Namespace, tokenizer: Tokenizer):
+  os.makedirs(args.output, exist_ok=True)
   dtype = token_dtype(tokenizer.vocab_size)
   header = {"input": args.input, "tokenizer": str(tokenizer.path),
             "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
@@ -135,28 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = Tokenizer(args.tokenizer)
   except (FileNotFoundError, ValueError) as error:
     parser.error(str(error))
-  total_bytes = input_bytes(args.input)
-  options = PipelineOptions(beam_args)
-  runner = options.view_as(StandardOptions).runner or "DirectRunner"
-  in_process = (runner == "DirectRunner"
-                and options.view_as(DirectOptions).direct_running_mode in (None, "in_memory"))
-
-  started = time.time()
-  os.makedirs(args.output, exist_ok=True)
-  with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize input",
-            disable=not in_process) as bar:
-    pipeline.progress_bar = bar if in_process else None
-    try:
-      root = beam.Pipeline(options=options)
-      build(root, args, tokenizer)
-      result = root.run()
-      result.wait_until_finish()
-    finally:
-      pipeline.progress_bar = None
-
-  stats = {"input": args.input, "output": args.output, "tokenizer": args.tokenizer,
-           "runner": runner, "seconds": round(time.time() - started, 1),
-           **pipeline.collect_stats(result)}
+  run = pipeline.run_pipeline(beam_args, args.input, "tokenize input",
+                              lambda root: build(root, args, tokenizer))
+  stats = {"input": args.input, "output": args.output, "tokenizer": args.tokenizer, **run}
   path = pipeline.write_stats(stats, args.output)
   print(f"{stats['documents_written']} documents, {stats.get('tokens', 0)} tokens written to "
         f"{args.output}; dropped {stats['dropped']}, malformed {stats['malformed']}; "
