@@ -25,7 +25,7 @@ from ml_collections import config_dict, config_flags
 
 from llama_jax import metrics, tokenizer
 from llama_jax.config import parse_flags
-from llama_jax.train import Trainer
+from llama_jax.train import Trainer, energy_summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "model and training config")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "where every stage writes")
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> None:
         f"{config.model.context_length} tokens, checkpoints and metrics in {train_dir}", flush=True)
   trainer = Trainer(config, train_dir)
   try:
-    trainer.run()
+    result = trainer.run()
   finally:
     trainer.close()
   records = metrics.read_metrics(train_dir / "metrics.jsonl")
@@ -105,6 +105,7 @@ def main(argv: list[str]) -> None:
     if record["step"] in shown:
       print(f"   step {record['step']:4d}  tokens {record['tokens']:>9,}  "
             f"loss {record['loss']:.3f}")
+  print(f"   {energy_summary(result)}")
   metrics.plot_loss(train_dir / "metrics.jsonl", workdir / "loss.png")
   print(f"== plot of loss against tokens: {workdir / 'loss.png'}", flush=True)
   logging.info("demo finished in %s", workdir)

@@ -341,6 +341,12 @@ class Trainer:
       self.writer.close()
 
 
+def energy_summary(result: dict) -> str:
+  """The run's footprint as the paper's Table 15 reports it."""
+  return (f"step {result['step']}: {result['gpu_hours']:.4g} GPU-hours, {result['energy_mwh']:.4g} "
+          f"MWh ({result['energy_source']} power, PUE included), {result['tco2eq']:.4g} tCO2eq")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -354,6 +360,8 @@ def main(argv: list[str]) -> None:
   finally:
     trainer.close()
   logging.info("finished at step %d: %s", result["step"], result)
+  if jax.process_index() == 0:
+    print(energy_summary(result))
 
 
 if __name__ == "__main__":
