@@ -25,6 +25,7 @@ from ml_collections import config_dict, config_flags
 
 from llama_jax import metrics, tokenizer
 from llama_jax.config import parse_flags
+from llama_jax.model import ModelConfig
 from llama_jax.train import Trainer, energy_summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "model and training config")
@@ -67,6 +68,17 @@ def _stage(name: str, done: bool) -> bool:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  config = _CONFIG.value
+  with config.unlocked():
+    config.model.vocab_size = _VOCAB.value
+    config.train.total_tokens = float(
+        _STEPS.value * config.train.batch_size * config.model.context_length)
+    # A short demo run still warms up over at most a tenth of its steps.
+    config.optim.warmup_steps = min(config.optim.warmup_steps, max(1, _STEPS.value // 10))
+  try:
+    ModelConfig.from_dict(config.model)
+  except ValueError as error:  # before minutes of corpus work, not after
+    raise app.UsageError(str(error)) from None
   workdir = Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   corpus, spm_prefix = workdir / "corpus.jsonl", workdir / "tokenizer"
@@ -84,13 +96,9 @@ def main(argv: list[str]) -> None:
     tokenize_shards.main([f"--input={corpus}", f"--output={shards}",
                           f"--tokenizer={spm_prefix}.model", "--num_shards=4"])
 
-  config = _CONFIG.value
   with config.unlocked():
-    config.model.vocab_size = _VOCAB.value
     config.data.dir = str(shards.parent)
     config.data.shares = config_dict.ConfigDict({SOURCE: 1.0})
-    config.train.total_tokens = float(
-        _STEPS.value * config.train.batch_size * config.model.context_length)
   train_dir = workdir / "train"
   print(f"== training: {_STEPS.value} steps of {config.train.batch_size} x "
         f"{config.model.context_length} tokens, checkpoints and metrics in {train_dir}", flush=True)
