@@ -12,9 +12,12 @@ ends up in `stats.json`:
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import logging
+import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 import apache_beam as beam
@@ -28,6 +31,7 @@ from preprocessing.document import Document, Drop, Filter
 from preprocessing.wet import Malformed, read_wet
 
 NAMESPACE = "preprocessing"
+STATS_FILE = "stats.json"
 
 # A tqdm bar over input bytes while the pipeline runs in this process (DirectRunner in memory);
 # set by run_pipeline. Workers of a distributed runner never see it.
@@ -203,6 +207,12 @@ class WriteDocuments(beam.PTransform):
   """JSONL shards `documents-SSSSS-of-NNNNN.jsonl[.gz|.zst]` under `output`."""
 
   SUFFIXES = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst", "none": ".jsonl"}
+  # Everything a run of preprocessing.run writes to its output directory, for
+  # remove_previous_outputs: the completion marker first, shards of every compression and count,
+  # the temporary directories of Beam's file sink (WriteToText renames out of them when done).
+  OUTPUT_NAMES = (STATS_FILE, f"{STATS_FILE}.tmp-*",
+                  *(f"documents-[0-9]*-of-[0-9]*{suffix}" for suffix in SUFFIXES.values()),
+                  "beam-temp-documents-*")
 
   def __init__(self, output: str, compression: str = "gzip", num_shards: int = 0):
     super().__init__()
@@ -239,10 +249,60 @@ def collect_stats(result) -> dict:
 
 
 def write_stats(stats: dict, output: str) -> str:
-  path = FileSystems.join(output, "stats.json")
-  with FileSystems.create(path) as f:
+  """Writes `stats.json`, the run's completion marker: call it after everything else is written.
+
+  It goes to a temporary name first, so a run killed while writing it leaves no marker.
+  """
+  path = FileSystems.join(output, STATS_FILE)
+  temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+  with FileSystems.create(temporary) as f:
     f.write((json.dumps(stats, indent=2) + "\n").encode("utf-8"))
+  FileSystems.rename([temporary], [path])
   return path
+
+
+def _local(path: str) -> bool:
+  return FileSystems.get_scheme(path) is None
+
+
+def _matching_files(patterns: Iterable[str]) -> list[str]:
+  paths = [m.path for result in FileSystems.match(list(patterns)) for m in result.metadata_list]
+  return [os.path.abspath(p) if _local(p) else p for p in paths]
+
+
+def remove_previous_outputs(output: str, names: Sequence[str], keep: str | None = None) -> int:
+  """Deletes what an earlier run of the same program left in `output`; returns the files removed.
+
+  A run killed midway, or one with another shard count, compression or input, leaves files that
+  this run would not overwrite (shards of another count, temporary files, a completion marker
+  beside half the shards); removing them first makes a rerun end with the output of a clean run.
+  `names` are globs, relative to `output`, of the program's own output files and temporary
+  directories, completion markers first so that a run killed while cleaning up leaves none.
+  Nothing else in `output` is touched. If a file to remove matches `keep` (the run's input
+  glob), nothing is removed and the program exits with an error.
+  """
+  found = []
+  for name in names:
+    pattern = FileSystems.join(output, name)
+    # A name may be a directory (Beam's temporary ones): its files go as well.
+    found.append(_matching_files([pattern, FileSystems.join(pattern, "*")]))
+  if keep is not None and (inputs := set(_matching_files([keep])) & {p for f in found for p in f}):
+    raise SystemExit(f"error: --output={output} holds input files ({sorted(inputs)[0]}, ...) "
+                     "with the names of this program's output, which a run replaces; write to "
+                     "another directory")
+  removed = 0
+  for name, files in zip(names, found, strict=True):
+    if files:
+      FileSystems.delete(files)
+      removed += len(files)
+    if _local(output):  # directories left empty (object stores have none)
+      directories = [d for d in glob.glob(os.path.join(output, name)) if os.path.isdir(d)]
+      if directories:
+        FileSystems.delete(directories)
+  if removed:
+    logging.warning("removed %d files an earlier run left in %s (%s)", removed, output,
+                    ", ".join(n for n, files in zip(names, found, strict=True) if files))
+  return removed
 
 
 def input_bytes(pattern: str) -> int:

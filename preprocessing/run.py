@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
       docs = source.build(root, args)
     except (FileNotFoundError, ValueError) as error:  # models and lists named by flags
       parser.error(str(error))
+    # Once the flags are known good: a rerun into DIR starts from what a clean run would see.
+    pipeline.remove_previous_outputs(args.output, pipeline.WriteDocuments.OUTPUT_NAMES, args.input)
     docs | "Write" >> pipeline.WriteDocuments(args.output, args.compression, args.num_shards)
 
   run = pipeline.run_pipeline(beam_args, args.input, f"{args.source} input", build)

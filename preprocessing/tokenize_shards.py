@@ -103,6 +103,11 @@ def write_index(shards: list[dict], output: str, header: dict) -> None:
 
 def build(root: beam.Pipeline, args: argparse.Namespace, tokenizer: Tokenizer):
   os.makedirs(args.output, exist_ok=True)
+  # What an earlier run left (shards of another count, `.tmp-` files, an index of other shards).
+  pipeline.remove_previous_outputs(
+      args.output, (pipeline.STATS_FILE, f"{pipeline.STATS_FILE}.tmp-*", INDEX_FILE,
+                    "tokens-[0-9]*-of-[0-9]*.array_record",
+                    "tokens-[0-9]*-of-[0-9]*.array_record.tmp-*"), args.input)
   dtype = token_dtype(tokenizer.vocab_size)
   header = {"input": args.input, "tokenizer": str(tokenizer.path),
             "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
