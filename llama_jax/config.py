@@ -66,6 +66,11 @@ def base_config() -> config_dict.ConfigDict:
   config.data.seed = 0  # document shuffling, per source and epoch
   config.data.read_threads = 2  # per source: reading and checking records (ours)
   config.data.prefetch_batches = 2  # global batches packed ahead in a background thread (ours)
+  # A bad record (fails its checksum, no whole number of tokens, empty, token id >= vocab_size),
+  # named by shard file and record index (ours): "stop" ends the run with that message; "skip"
+  # drops the document, warns and counts it (DataIterator.bad_records(), kept in checkpoints).
+  # A shard that cannot be opened at all stops the run either way.
+  config.data.on_bad_record = "stop"
 
   config.train = config_dict.ConfigDict()
   config.train.batch_size = 2048  # sequences: 2048 x 2048 tokens = 4M tokens per step

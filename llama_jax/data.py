@@ -18,6 +18,14 @@ keeps `prefetch_batches` ready. `DataIterator.get_state()` is a small JSON-able 
 iterator given it with set_state() continues exactly where the first one was. Epochs are counted
 per source as tokens drawn / tokens in the source, so the paper's ~2 epochs of Wikipedia and
 Books show up as such.
+
+A bad record (one that fails its checksum, has a byte length that is no whole number of tokens,
+is empty, or holds a token id outside the vocabulary) is named by shard file and record index.
+With on_bad_record="stop" (the default) the loader raises DataError; with "skip" the document is
+dropped (the packer goes on with the next one, so the stream stays deterministic and a restore
+stays exact), a warning names it, and `DataIterator.bad_records()` counts it; the count is part
+of the iterator's state. A shard that cannot be opened at all (truncated, not ArrayRecord, fewer
+records than index.json lists) is an error in both modes: skipping it would drop it silently.
 """
 
 from __future__ import annotations
@@ -33,11 +41,14 @@ from pathlib import Path
 import grain
 import jax
 import numpy as np
+from array_record.python import array_record_module
 from grain.experimental import ConcatThenSplitIterDataset, ThreadPrefetchIterDataset
 
 INDEX_FILE = "index.json"
 # group_size:1 is what grain needs for fast random access; zstd is ArrayRecord's default.
 SHARD_WRITER_OPTIONS = "group_size:1"
+# config.data.on_bad_record: raise at a bad record, or drop its document and count it.
+ON_BAD_RECORD = ("stop", "skip")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -97,39 +108,82 @@ class SourceShards:
 
 
 class TokenRecords(grain.sources.RandomAccessDataSource):
-  """A source's documents as token arrays, each checked against the vocabulary."""
+  """A source's documents as token arrays, each checked against the vocabulary.
 
-  def __init__(self, source: SourceShards, vocab_size: int):
-    self.source, self.vocab_size = source, vocab_size
+  A bad record raises DataError naming its shard and index (on_bad_record="stop") or reads as
+  an empty array ("skip"; real documents are never empty, they hold at least EOS).
+  """
+
+  def __init__(self, source: SourceShards, vocab_size: int, on_bad_record: str = "stop"):
+    if on_bad_record not in ON_BAD_RECORD:
+      raise ValueError(f"on_bad_record={on_bad_record!r}: give one of {ON_BAD_RECORD}")
+    self.source, self.vocab_size, self.on_bad_record = source, vocab_size, on_bad_record
     # File instructions (path[start:end]) spare opening every shard up front.
     self._records = grain.sources.ArrayRecordDataSource(
         [f"{file}[0:{count}]" for file, count in zip(source.files, source.documents, strict=True)])
     self._ends = np.cumsum(source.documents).tolist()
+    self._whole_shards: set[int] = set()  # shards seen to open with all their records
 
   def __len__(self) -> int:
     return self._ends[-1]
 
-  def _where(self, index: int) -> str:
+  def _locate(self, index: int) -> tuple[int, int]:
+    """(shard, record index within the shard) of a record of the source."""
     shard = bisect.bisect_right(self._ends, index)
-    position = index - (self._ends[shard - 1] if shard else 0)
-    return f"{self.source.files[shard]}: record {position}"
+    return shard, index - (self._ends[shard - 1] if shard else 0)
 
   def __getitem__(self, index: int) -> np.ndarray:
     try:
       record = self._records[index]
     except Exception as error:  # Riegeli reports damage as RuntimeError, a short file otherwise
-      raise DataError(f"{self._where(index)} cannot be read ({error}); "
-                      f"{_retokenize_hint(self.source.name, self.source.directory)}") from None
-    if not record or len(record) % self.source.dtype.itemsize:
-      raise DataError(f"{self._where(index)} is corrupt ({len(record)} bytes is no whole number "
-                      f"of {self.source.dtype.name} tokens); "
-                      f"{_retokenize_hint(self.source.name, self.source.directory)}")
+      self._check_shard_opens(self._locate(index)[0], error)
+      return self._bad(index, f"cannot be read ({error})")
+    itemsize = self.source.dtype.itemsize
+    if not record:
+      return self._bad(index, "is empty (a document holds at least its EOS token)")
+    if len(record) % itemsize:
+      return self._bad(index, f"is corrupt ({len(record)} bytes is no whole number of "
+                              f"{itemsize}-byte {self.source.dtype.name} tokens)")
     tokens = np.frombuffer(record, self.source.dtype)
     if (largest := int(tokens.max())) >= self.vocab_size:
-      raise DataError(f"{self._where(index)} holds token id {largest}, outside the model's "
-                      f"vocabulary of {self.vocab_size}: the shards were made with another "
-                      f"tokenizer; {_retokenize_hint(self.source.name, self.source.directory)}")
+      return self._bad(index, f"holds token id {largest}, outside the model's vocabulary of "
+                              f"{self.vocab_size}: the shards were made with another tokenizer")
     return tokens
+
+  def _bad(self, index: int, problem: str) -> np.ndarray:
+    shard, position = self._locate(index)
+    where = f"{self.source.files[shard]}: record {position}"
+    if self.on_bad_record == "stop":
+      hint = _retokenize_hint(self.source.name, self.source.directory)
+      raise DataError(f"{where} {problem}; {hint}, or set --config.data.on_bad_record=skip to "
+                      "drop bad records and count them") from None
+    logging.warning("%s of source %r %s; skipped (config.data.on_bad_record=skip) and counted in "
+                    "the data iterator's bad_records", where, self.source.name, problem)
+    return np.empty(0, self.source.dtype)
+
+  def _check_shard_opens(self, shard: int, error: Exception) -> None:
+    """Raises DataError, in both on_bad_record modes, if a shard cannot be opened whole."""
+    if shard in self._whole_shards:
+      return
+    file, expected = self.source.files[shard], self.source.documents[shard]
+    try:
+      reader = array_record_module.ArrayRecordReader(str(file))
+      try:
+        ok, records = reader.ok(), reader.num_records()
+      finally:
+        reader.close()
+    except Exception:  # an unreadable file: reported below
+      ok, records = False, 0
+    hint = _retokenize_hint(self.source.name, self.source.directory)
+    if not ok:
+      raise DataError(f"{file}: shard of source {self.source.name!r} cannot be opened ({error}); "
+                      f"it is truncated or no ArrayRecord file; {hint}. A shard that cannot be "
+                      f"opened stops the run with either config.data.on_bad_record: skipping it "
+                      f"would silently drop its {expected} documents") from None
+    if records != expected:
+      raise DataError(f"{file}: shard of source {self.source.name!r} holds {records} records, "
+                      f"{self.source.directory / INDEX_FILE} lists {expected}; {hint}") from None
+    self._whole_shards.add(shard)  # by the read threads: set.add is atomic
 
 
 # Documents are read in blocks of this many (still in the per-document shuffled order) and the
@@ -138,8 +192,10 @@ class TokenRecords(grain.sources.RandomAccessDataSource):
 DOCUMENTS_PER_BLOCK = 32
 
 
-def _concatenate(documents: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-  return {"tokens": np.concatenate(documents)}
+def _concatenate(documents: Sequence[np.ndarray]) -> dict[str, np.ndarray | int]:
+  """A block of documents: their tokens, and how many were bad records (skipped, so empty)."""
+  return {"tokens": np.concatenate(documents),
+          "bad_records": sum(len(document) == 0 for document in documents)}
 
 
 def _source_seed(seed: int, name: str) -> int:
@@ -147,40 +203,120 @@ def _source_seed(seed: int, name: str) -> int:
   return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
 
 
+class _BadRecordCounter(grain.DatasetIterator):
+  """Passes blocks on to the packer as {"tokens"}, counting their bad records in its state."""
+
+  def __init__(self, parent: grain.DatasetIterator, source: SourceShards):
+    super().__init__(parent)
+    self.source = source
+    self.bad_records = 0
+    self._empty_blocks = 0  # in a row; more than an epoch's worth means no record is readable
+    self._max_empty_blocks = sum(source.documents) // DOCUMENTS_PER_BLOCK + 1
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    block = next(self._parent)
+    self.bad_records += block["bad_records"]
+    self._empty_blocks = 0 if len(block["tokens"]) else self._empty_blocks + 1
+    if self._empty_blocks > self._max_empty_blocks:
+      raise DataError(f"source {self.source.name!r}: no record could be read in a whole epoch, all "
+                      f"skipped as bad (config.data.on_bad_record=skip); "
+                      f"{_retokenize_hint(self.source.name, self.source.directory)}")
+    return {"tokens": block["tokens"]}
+
+  def get_state(self) -> dict:
+    return {"blocks": self._parent.get_state(), "bad_records": self.bad_records}
+
+  def set_state(self, state: Mapping) -> None:
+    if "blocks" not in state:  # a checkpoint from before the count: the reader's own state
+      self._parent.set_state(state)
+      self.bad_records = 0
+      return
+    self._parent.set_state(state["blocks"])
+    self.bad_records = int(state["bad_records"])
+
+
+class _Iterating(grain.IterDataset):
+  """An IterDataset whose iterator is the one given (to stack grain's packer on ours)."""
+
+  def __init__(self, iterator: grain.DatasetIterator):
+    super().__init__()
+    self._iterator = iterator
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return self._iterator
+
+
+class _PackedIterator(grain.DatasetIterator):
+  """Pieces of the packer as (tokens, bad records in the blocks the packer has taken so far)."""
+
+  def __init__(self, blocks: grain.DatasetIterator, source: SourceShards, sequence_length: int):
+    self._counter = _BadRecordCounter(blocks, source)
+    packer = ConcatThenSplitIterDataset(_Iterating(self._counter),
+                                        length_struct={"tokens": sequence_length})
+    super().__init__(iter(packer))
+
+  def __next__(self) -> tuple[np.ndarray, int]:
+    piece = next(self._parent)["tokens"]
+    return piece, self._counter.bad_records
+
+  def get_state(self) -> dict:
+    return self._parent.get_state()  # holds the counter's state, which the packer restores
+
+  def set_state(self, state: Mapping) -> None:
+    self._parent.set_state(state)
+
+
+class _Packed(grain.IterDataset):
+  def __init__(self, blocks: grain.IterDataset, source: SourceShards, sequence_length: int):
+    super().__init__(blocks)
+    self.source, self.sequence_length = source, sequence_length
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _PackedIterator(self._parent.__iter__(), self.source, self.sequence_length)
+
+
 def packed_sequences(source: SourceShards, *, vocab_size: int, sequence_length: int, seed: int,
-                     read_threads: int) -> grain.IterDataset:
-  """A source's documents, shuffled per epoch and repeated, packed into sequence_length pieces."""
-  documents = (grain.MapDataset.source(TokenRecords(source, vocab_size))
+                     read_threads: int, on_bad_record: str = "stop") -> grain.IterDataset:
+  """A source's documents, shuffled per epoch and repeated, packed into sequence_length pieces.
+
+  Its elements are (piece, bad records skipped so far): the count travels with the pieces and
+  lives in the packer's state, so it is exact at every batch and after a restore.
+  """
+  documents = (grain.MapDataset.source(TokenRecords(source, vocab_size, on_bad_record))
                .shuffle(seed=_source_seed(seed, source.name))
                .repeat())
   blocks = documents.batch(DOCUMENTS_PER_BLOCK, batch_fn=_concatenate)
   read_options = grain.ReadOptions(num_threads=read_threads,
                                    prefetch_buffer_size=4 * read_threads)
-  return ConcatThenSplitIterDataset(blocks.to_iter_dataset(read_options),
-                                    length_struct={"tokens": sequence_length})
+  return _Packed(blocks.to_iter_dataset(read_options), source, sequence_length)
 
 
 class _GlobalBatchRows:
-  """grain batch_fn: this process's rows of a global batch, and the global count per source."""
+  """grain batch_fn: this process's rows of a global batch, the global count of pieces per
+  source, and per source the most bad records counted by its pieces (0 where it has none)."""
 
   def __init__(self, rows: slice, num_sources: int):
     self.rows, self.num_sources = rows, num_sources
 
-  def __call__(self, pieces: Sequence[tuple[int, dict]]):
-    sources = np.fromiter((source for source, _ in pieces), np.int32, len(pieces))
-    tokens = np.stack([piece["tokens"] for _, piece in pieces[self.rows]]).astype(np.int32)
+  def __call__(self, pieces: Sequence[tuple[int, np.ndarray, int]]):
+    sources = np.fromiter((source for source, _, _ in pieces), np.int32, len(pieces))
+    tokens = np.stack([piece for _, piece, _ in pieces[self.rows]]).astype(np.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "source": sources[self.rows]}
-    return batch, np.bincount(sources, minlength=self.num_sources)
+    bad_records = np.zeros(self.num_sources, np.int64)
+    np.maximum.at(bad_records, sources, np.fromiter((bad for _, _, bad in pieces), np.int64,
+                                                    len(pieces)))
+    return batch, np.bincount(sources, minlength=self.num_sources), bad_records
 
 
 def _tag_source(index: int):
-  return lambda piece: (index, piece)
+  return lambda element: (index, *element)
 
 
 class DataIterator:
   """This process's batches: {"inputs", "targets": int32 [rows, L], "source": int32 [rows]}.
 
-  `source` indexes `sources`. get_state()/set_state() checkpoint the position exactly.
+  `source` indexes `sources`. get_state()/set_state() checkpoint the position exactly, and the
+  count of bad records skipped (on_bad_record="skip") with it.
   """
 
   def __init__(self, dataset: grain.IterDataset, sources: Sequence[SourceShards],
@@ -189,22 +325,31 @@ class DataIterator:
     self.sequence_length = sequence_length
     self._iterator = iter(dataset)
     self._pieces = np.zeros(len(self.sources), np.int64)
+    self._bad_records = np.zeros(len(self.sources), np.int64)
 
   def __iter__(self) -> DataIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch, pieces = next(self._iterator)
+    batch, pieces, bad_records = next(self._iterator)
     self._pieces += pieces
+    np.maximum(self._bad_records, bad_records, out=self._bad_records)
     return batch
 
   def get_state(self) -> dict:
     return {"grain": self._iterator.get_state(),
-            "pieces": {s.name: int(n) for s, n in zip(self.sources, self._pieces, strict=True)}}
+            "pieces": {s.name: int(n) for s, n in zip(self.sources, self._pieces, strict=True)},
+            "bad_records": self.bad_records()}
 
   def set_state(self, state: Mapping) -> None:
     self._iterator.set_state(_slices_as_tuples(state["grain"]))
     self._pieces = np.array([state["pieces"].get(s.name, 0) for s in self.sources], np.int64)
+    self._bad_records = np.array([state.get("bad_records", {}).get(s.name, 0)
+                                  for s in self.sources], np.int64)
+
+  def bad_records(self) -> dict[str, int]:
+    """Bad records skipped so far per source (on_bad_record="skip"; re-counted every epoch)."""
+    return {s.name: int(n) for s, n in zip(self.sources, self._bad_records, strict=True)}
 
   def epochs(self) -> dict[str, float]:
     """Passes over each source so far: its tokens drawn into batches / its tokens."""
@@ -234,12 +379,16 @@ def planned_epochs(sources: Sequence[SourceShards], shares: Mapping[str, float],
 def make_iterator(data_dir: str | Path, shares: Mapping[str, float], *, batch_size: int,
                   context_length: int, vocab_size: int, seed: int = 0,
                   process_index: int = 0, process_count: int = 1, read_threads: int = 2,
-                  prefetch_batches: int = 2, total_tokens: float | None = None) -> DataIterator:
+                  prefetch_batches: int = 2, total_tokens: float | None = None,
+                  on_bad_record: str = "stop") -> DataIterator:
   """The batches of process `process_index` of `process_count`; sources are data_dir/<name>.
 
   A source with share 0 is not read (its directory need not exist); every other must have
-  tokens, made with one tokenizer whose ids fit the model's vocabulary.
+  tokens, made with one tokenizer whose ids fit the model's vocabulary. on_bad_record: "stop"
+  raises DataError at a bad record, "skip" drops its document and counts it (bad_records()).
   """
+  if on_bad_record not in ON_BAD_RECORD:
+    raise ValueError(f"on_bad_record={on_bad_record!r}: give one of {ON_BAD_RECORD}")
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} does not divide over {process_count} processes")
   if any(share < 0 for share in shares.values()) or not any(shares.values()):
@@ -261,7 +410,8 @@ def make_iterator(data_dir: str | Path, shares: Mapping[str, float], *, batch_si
 
   pieces = {s.name: packed_sequences(s, vocab_size=vocab_size,
                                      sequence_length=context_length + 1, seed=seed,
-                                     read_threads=read_threads).map(_tag_source(i))
+                                     read_threads=read_threads,
+                                     on_bad_record=on_bad_record).map(_tag_source(i))
             for i, s in enumerate(sources)}
   mixed = grain.IterDataset.mix(pieces, {s.name: shares[s.name] for s in sources})
   rows = batch_size // process_count
@@ -285,4 +435,5 @@ def iterator_from_config(config, process_index: int | None = None,
                        vocab_size=config.model.vocab_size, seed=data.seed,
                        process_index=process_index, process_count=process_count,
                        read_threads=data.read_threads, prefetch_batches=data.prefetch_batches,
-                       total_tokens=config.train.total_tokens)
+                       total_tokens=config.train.total_tokens,
+                       on_bad_record=data.on_bad_record)

@@ -2,9 +2,11 @@
 
 import collections
 import json
+import re
 
 import numpy as np
 import pytest
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from benchmarks.data_loader import write_source
 from llama_jax import data
@@ -203,12 +205,14 @@ def test_corrupt_record_names_the_file(tmp_path):
       next(iterator)
 
 
-def test_truncated_shard_names_the_file(tmp_path):
+@pytest.mark.parametrize("on_bad_record", ["stop", "skip"])
+def test_truncated_shard_names_the_file_in_both_modes(tmp_path, on_bad_record):
   [shard] = write_source(tmp_path / "c4", _documents(np.random.default_rng(0), 0, 2000),
                          num_shards=1)
   shard.write_bytes(shard.read_bytes()[:1000])
-  with pytest.raises(data.DataError, match=f"{shard}: record \\d+ cannot be read"):
-    next(_loader(tmp_path, {"c4": 1.0}))
+  with pytest.raises(data.DataError, match=f"{shard}: shard of source 'c4' cannot be opened .*"
+                                           "stops the run with either config.data.on_bad_record"):
+    next(_loader(tmp_path, {"c4": 1.0}, on_bad_record=on_bad_record))
 
 
 def test_token_outside_the_vocabulary_names_the_file(tmp_path):
@@ -238,5 +242,138 @@ def test_config_section_is_table_1(tmp_path, load_config):
   _write(tmp_path, {name: 300 for name in SHARES})
   config = load_config("tiny")
   config.data.dir = str(tmp_path)
+  assert config.data.on_bad_record == "stop"
   batch = next(data.iterator_from_config(config, process_index=1, process_count=2))
   assert batch["inputs"].shape == (config.train.batch_size // 2, config.model.context_length)
+  config.data.on_bad_record = "drop"
+  with pytest.raises(ValueError, match="on_bad_record='drop': give one of \\('stop', 'skip'\\)"):
+    data.iterator_from_config(config, 0, 1)
+
+
+# A bad record mid-run (config.data.on_bad_record): one record of the second of two shards is
+# damaged in one of these ways; the message names the shard and the record's index in it.
+DAMAGES = {"flipped_byte": "cannot be read \\(.*hash mismatch",
+           "odd_length": "is corrupt \\(7 bytes is no whole number of 2-byte uint16 tokens\\)",
+           "out_of_vocabulary": "holds token id 40000, outside the model's vocabulary of 32000",
+           "empty": "is empty"}
+
+
+def _records(shard):
+  reader = ArrayRecordReader(str(shard))
+  try:
+    return reader.read_all()
+  finally:
+    reader.close()
+
+
+def _unreadable_records(shard):
+  reader = ArrayRecordReader(str(shard))
+  unreadable = []
+  for position in range(reader.num_records()):
+    try:
+      reader.read([position])
+    except RuntimeError:
+      unreadable.append(position)
+  reader.close()
+  return unreadable
+
+
+def _damage(shard, damage, position=4):
+  """Damages one record of `shard`; returns its index in the shard and the document it held."""
+  records = _records(shard)
+  originals = [tuple(np.frombuffer(record, "<u2").tolist()) for record in records]
+  if damage == "flipped_byte":
+    raw = bytearray(shard.read_bytes())
+    raw[1000] ^= 0xFF  # inside some record's chunk (the records fill the first few KB)
+    shard.write_bytes(bytes(raw))
+    [position] = _unreadable_records(shard)
+  else:
+    records[position] = {"odd_length": np.array([7, 7, 7], "<u2").tobytes() + b"\x07",
+                         "out_of_vocabulary": np.array([7, 40000, EOS], "<u2").tobytes(),
+                         "empty": b""}[damage]
+    writer = ArrayRecordWriter(str(shard), data.SHARD_WRITER_OPTIONS)
+    for record in records:
+      writer.write(record)
+    writer.close()
+  return position, originals[position]
+
+
+@pytest.fixture(scope="module")
+def bad_record_docs():
+  return _documents(np.random.default_rng(3), 0, 1500)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_bad_record_stops_the_run_naming_shard_and_record(tmp_path, bad_record_docs, damage):
+  shard = write_source(tmp_path / "c4", bad_record_docs, num_shards=2)[1]
+  position, _ = _damage(shard, damage)
+  iterator = _loader(tmp_path, {"c4": 1.0})
+  message = (f"{re.escape(str(shard))}: record {position} {DAMAGES[damage]}.*; re-run "
+             "`python -m preprocessing.tokenize_shards .*` for source 'c4', or set "
+             "--config.data.on_bad_record=skip")
+  with pytest.raises(data.DataError, match=message):
+    for _ in range(100):  # about 4 epochs
+      next(iterator)
+
+
+def _bad_records_seen(order, kept_index, bad, steps, piece_tokens):
+  """Bad records counted after each batch: those in the blocks of DOCUMENTS_PER_BLOCK documents
+  (in reading order) that the packer has taken, up to the one with the batch's last token."""
+  ends = np.cumsum([len(order[j]) for j in kept_index])
+  counts = []
+  for step in range(1, steps + 1):
+    last_document = kept_index[np.searchsorted(ends, step * piece_tokens - 1, side="right")]
+    blocks_end = (last_document // data.DOCUMENTS_PER_BLOCK + 1) * data.DOCUMENTS_PER_BLOCK
+    counts.append(sum(document == bad for document in order[:blocks_end]))
+  return counts
+
+
+@pytest.mark.parametrize("damage", ["flipped_byte", "odd_length"])
+def test_skipped_bad_record_is_dropped_counted_and_restored(tmp_path, bad_record_docs, damage):
+  write_source(tmp_path / "clean" / "c4", bad_record_docs, num_shards=2)
+  damaged = write_source(tmp_path / "damaged" / "c4", bad_record_docs, num_shards=2)
+  _, bad = _damage(damaged[1], damage)
+  # Expected: the clean dataset's documents in its reading order, less every copy of the bad
+  # one, packed into 8 x 17-token pieces per batch.
+  steps, piece_tokens = 30, 8 * 17  # about 2.7 epochs
+  clean = _loader(tmp_path / "clean", {"c4": 1.0})
+  order = _split_documents(np.concatenate([_pieces(next(clean)).reshape(-1)
+                                           for _ in range(steps + 10)]))
+  kept_index = [j for j, document in enumerate(order) if document != bad]
+  expected = np.concatenate([order[j] for j in kept_index])[:steps * piece_tokens]
+  expected_counts = _bad_records_seen(order, kept_index, bad, steps, piece_tokens)
+  restore_at = expected_counts.index(1)  # the first batch after the bad record was skipped
+
+  skip = _loader(tmp_path / "damaged", {"c4": 1.0}, on_bad_record="skip")
+  assert skip.bad_records() == {"c4": 0}
+  batches, counts = [], []
+  for step in range(steps):
+    batches.append(next(skip))
+    counts.append(skip.bad_records()["c4"])
+    if step == restore_at:
+      state = json.loads(json.dumps(skip.get_state()))  # as a checkpoint stores it
+  np.testing.assert_array_equal(np.concatenate([_pieces(b).reshape(-1) for b in batches]),
+                                expected)
+  assert counts == expected_counts and counts[restore_at] == 1 and counts[-1] >= 2  # per epoch
+
+  restored = _loader(tmp_path / "damaged", {"c4": 1.0}, on_bad_record="skip")
+  restored.set_state(state)
+  assert restored.bad_records() == {"c4": 1}
+  for want, count in zip(batches[restore_at + 1:], counts[restore_at + 1:], strict=True):
+    np.testing.assert_array_equal(next(restored)["inputs"], want["inputs"])
+    assert restored.bad_records() == {"c4": count}
+  with pytest.raises(ValueError, match="on_bad_record='ignore': give one of"):
+    _loader(tmp_path / "damaged", {"c4": 1.0}, on_bad_record="ignore")
+
+
+def test_a_source_with_no_good_record_is_an_error_when_skipping(tmp_path):
+  [shard] = write_source(tmp_path / "c4", _documents(np.random.default_rng(0), 0, 300),
+                         num_shards=1)
+  records = _records(shard)
+  writer = ArrayRecordWriter(str(shard), data.SHARD_WRITER_OPTIONS)
+  for _ in records:
+    writer.write(b"\x07")  # half a token each
+  writer.close()
+  with pytest.raises(data.DataError, match="source 'c4': no record could be read in a whole "
+                                           "epoch, all skipped as bad"):
+    next(_loader(tmp_path, {"c4": 1.0}, on_bad_record="skip"))
