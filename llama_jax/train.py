@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from llama_jax import distributed
 from llama_jax import metrics as metrics_lib
-from llama_jax.checkpoint import Checkpoints
+from llama_jax.checkpoint import Checkpoints, check_storage
 from llama_jax.config import parse_flags
 from llama_jax.data import iterator_from_config
 from llama_jax.model import Llama, ModelConfig, abstract_model
@@ -160,6 +160,10 @@ class _Rollback(Exception):
     self.batches = batches
 
 
+def _bytes(tree) -> int:
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
 class Trainer:
   """The training program: data, sharded steps, checkpoints, metrics and the safety rails.
 
@@ -171,7 +175,6 @@ class Trainer:
   def __init__(self, config, workdir: str | Path, devices: list[jax.Device] | None = None):
     self.config = config
     self.workdir = Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
     self.model_config = ModelConfig.from_dict(config.model)
     self.total_steps = total_steps(config)
     batch_size = config.train.batch_size
@@ -187,6 +190,7 @@ class Trainer:
         MeshRules(mesh, logical_rules(config.mesh.sequence_parallel)), schedule=schedule,
         micro_batches=batch_size // micro_batch)
     self.data = iterator_from_config(config)
+    check_storage(self.workdir, _bytes(self._abstract_state()), config.checkpoint.keep)
     self.checkpoints = Checkpoints(self.workdir, keep=config.checkpoint.keep,
                                    async_save=config.checkpoint.async_save)
     self.writer: metrics_lib.MetricsWriter | None = None
@@ -204,22 +208,39 @@ class Trainer:
                                                                  sharding=sharding),
                         shapes, self.training.state_shardings)
 
-  def _restore(self, step: int) -> tuple[TrainState, dict]:
-    state, data_state, progress = self.checkpoints.restore(step, self._abstract_state())
+  def _restore_latest(self) -> tuple[TrainState, dict] | None:
+    """The newest good checkpoint, with the data iterator put back where it was."""
+    restored = self.checkpoints.restore_latest(self._abstract_state())
+    if restored is None:
+      return None
+    state, data_state, progress = restored
     self.data.set_state(data_state)
+    logging.info("restored %s/%d", self.checkpoints.directory, int(state.step))
     return state, progress
 
   def _save(self, state: TrainState, progress: dict) -> None:
+    """Saves, or logs why it could not: training goes on and the next interval tries again."""
     progress["energy"] = self.energy.state()
-    # Copies: an asynchronous save serialises them later, while the loop goes on changing them.
-    self.checkpoints.save(int(state.step), state, copy.deepcopy(self.data.get_state()),
-                          copy.deepcopy(progress))
+    try:
+      # Copies: an asynchronous save serialises them later, while the loop changes them.
+      self.checkpoints.save(int(state.step), state, copy.deepcopy(self.data.get_state()),
+                            copy.deepcopy(progress))
+    except Exception as error:  # a full disk, a flaky file system: whatever the storage raised
+      progress["failed_saves"] = progress.get("failed_saves", 0) + 1
+      logging.error("checkpoint save at step %d failed (%s); the earlier checkpoints are kept "
+                    "and the next interval tries again", int(state.step), error)
+
+  def _wait_for_save(self, progress: dict) -> None:
+    try:
+      self.checkpoints.wait()
+    except Exception as error:  # the asynchronous part of the last save failed
+      progress["failed_saves"] = progress.get("failed_saves", 0) + 1
+      logging.error("checkpoint save failed while finishing (%s); the earlier checkpoints are "
+                    "kept", error)
 
   def _start(self) -> tuple[TrainState, dict]:
-    latest = self.checkpoints.latest_step()
-    if latest is not None:
-      logging.info("resuming from %s/%d", self.checkpoints.directory, latest)
-      return self._restore(latest)
+    if restored := self._restore_latest():
+      return restored
     state = self.training.init(jnp.int32(self.config.train.seed))
     progress = {"batches_drawn": 0, "skip_batches": [], "recent_losses": [], "skipped_updates": 0,
                 "rollbacks": 0}
@@ -259,12 +280,11 @@ class Trainer:
     progress["recent_losses"] = (recent + [values["loss"]])[-train.spike_window:]
 
   def _rollback(self, rollback: _Rollback, progress: dict) -> tuple[TrainState, dict]:
-    self.checkpoints.wait()
-    step = self.checkpoints.latest_step()
+    self._wait_for_save(progress)
     skip = sorted(set(progress["skip_batches"]) | set(rollback.batches))
-    logging.warning("%s: rolling back to step %d and skipping batches %s", rollback, step,
+    logging.warning("%s: rolling back to the last checkpoint, skipping batches %s", rollback,
                     rollback.batches)
-    state, restored = self._restore(step)
+    state, restored = self._restore_latest()
     restored["skip_batches"] = skip
     restored["rollbacks"] = progress["rollbacks"] + 1
     return state, restored
@@ -280,6 +300,8 @@ class Trainer:
                 if self.peak_flops else None),
         "step_seconds": step_seconds, "device_memory_bytes": metrics_lib.device_memory_in_use(),
         "skipped_updates": progress["skipped_updates"], "rollbacks": progress["rollbacks"],
+        "failed_saves": progress.get("failed_saves", 0),
+        "bad_records_skipped": sum(self.data.bad_records().values()),
         **self.energy.update(),
     }
     if self.writer:
@@ -324,9 +346,9 @@ class Trainer:
           self._log(state, values, progress, seconds)
         if step % self.config.checkpoint.every_steps == 0 or step == self.total_steps:
           self._save(state, progress)
-      if self.stop_signal is not None and self.checkpoints.latest_step() != int(state.step):
+      if self.stop_signal is not None and int(state.step) not in self.checkpoints.steps():
         self._save(state, progress)
-      self.checkpoints.wait()
+      self._wait_for_save(progress)
     finally:
       bar.close()
       for sig, handler in previous.items():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import optax
 import pytest
 
 from benchmarks.data_loader import write_source
+from llama_jax.checkpoint import CHECKSUMS
 from llama_jax.metrics import read_metrics
 from llama_jax.model import ModelConfig
 from llama_jax.sharding import MeshRules, logical_rules, make_mesh
@@ -241,3 +243,61 @@ def test_sigterm_saves_and_exits_cleanly(shards, tmp_path):
   assert resumed.wait(timeout=300) == 0
   steps = [record["step"] for record in map(json.loads, open(workdir / "metrics.jsonl"))]
   assert steps == list(range(1, 25))  # resumed after the saved step: none replayed or missing
+
+
+# --- faults: corrupt checkpoints, failing saves -----------------------------------------------
+
+def _flip_a_byte(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+def _largest_state_file(step_dir):
+  return max((p for p in (step_dir / "state").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "missing", "no_checksums"])
+def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_one_before_used(
+    load_config, shards, tmp_path, caplog, damage):
+  config = _config(load_config, shards, **{"train.total_tokens": 9 * 8 * 32.0})
+  _run(config, tmp_path / "whole")
+  expected = _losses(tmp_path / "whole")
+  step_dir = tmp_path / "whole" / "checkpoints" / "9"
+  target = _largest_state_file(step_dir)
+  if damage == "flipped":
+    _flip_a_byte(target)
+  elif damage == "truncated":
+    target.write_bytes(target.read_bytes()[:-100])
+  elif damage == "missing":
+    target.unlink()
+  else:  # killed after orbax made the checkpoint final, before its checksums were written
+    shutil.rmtree(step_dir / CHECKSUMS)
+  result = _run(config, tmp_path / "whole")  # resumes: 9 is bad, so from 6, training 7-9 again
+  assert result["step"] == 9
+  assert "checkpoint 9 is corrupt" in caplog.text
+  assert [p.name.split("-")[0] for p in (tmp_path / "whole" / "checkpoints" / "corrupt").iterdir()
+          ] == ["9"]
+  assert _losses(tmp_path / "whole") == expected  # steps 7-9 again, bitwise the same
+
+
+def test_failed_saves_are_logged_retried_and_keep_the_last_good_one(
+    load_config, shards, tmp_path, monkeypatch, caplog):
+  from llama_jax import checkpoint
+  original = checkpoint.Checkpoints.save
+
+  def save_fails_from_step_4(self, step, *args):
+    if 4 <= step <= 9:
+      raise OSError(28, "No space left on device")
+    return original(self, step, *args)
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", save_fails_from_step_4)
+  config = _config(load_config, shards, **{"train.total_tokens": 12 * 8 * 32.0})
+  assert _run(config, tmp_path / "run")["step"] == 12
+  assert caplog.text.count("checkpoint save at step") == 2  # steps 6 and 9
+  records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+  assert records[-1]["failed_saves"] == 2
+  saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert saved == [0, 3, 12]  # the last good one (3) survived the failures; 12 was retried
