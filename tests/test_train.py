@@ -152,6 +152,9 @@ class _Injecting:
     self.iterator.set_state(state["inner"])
     self.drawn = state["drawn"]
 
+  def bad_records(self):
+    return self.iterator.bad_records()
+
   def close(self):
     self.iterator.close()
 
