@@ -125,8 +125,9 @@ def test_meta_model_known_ids(meta):
 def test_training_samples_the_input(tmp_path, capfd):
   lines = [" ".join(random.Random(i).choices(WORDS, k=8)) for i in range(400)]
   (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+  # minloglevel=0: SentencePiece's log level is process-wide, and other tests train quietly.
   tokenizer.train([str(tmp_path / "in.txt")], tmp_path / "m", vocab_size=300,
-                  input_sentence_size=150, num_threads=1)
+                  input_sentence_size=150, num_threads=1, minloglevel=0)
   assert "Sampled 150 sentences from 400 sentences" in capfd.readouterr().err
   assert Tokenizer(tmp_path / "m.model").vocab_size == 300
 
