@@ -115,6 +115,11 @@ class Checkpoints:
       step, self._unrecorded = self._unrecorded, None
       record_checksums(self.directory / str(step), jax.process_index())
 
+  def poll(self) -> None:
+    """Records the checksums of the last save as soon as it is final (cheap when it is not)."""
+    if self._unrecorded is not None and not self._manager.is_saving_in_progress():
+      self._finish()
+
   def steps(self) -> list[int]:
     """The final checkpoints, oldest first."""
     self._manager.reload()

@@ -26,11 +26,20 @@ COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, for a multi-host run without SLURM")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the run (hosts)")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, 0..num_processes-1")
+HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 100, "a process silent this long is declared dead and every "
+    "other process stops with a message naming it (JAX's coordination service)")
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> str:
-  """Joins the run's processes; returns how ('explicit', 'slurm' or 'single')."""
+               process_id: int | None = None, heartbeat_timeout_seconds: int = 100) -> str:
+  """Joins the run's processes; returns how ('explicit', 'slurm' or 'single').
+
+  When a process dies, the coordination service notices its missing heartbeats within
+  `heartbeat_timeout_seconds` and stops every other process with an error naming it, instead of
+  leaving them blocked in a collective; the launcher (launch/slurm.sh) then requeues the job,
+  which resumes from the last checkpoint.
+  """
   # CPU processes exchange collectives over TCP with gloo (tests, CPU clusters); GPUs use NCCL.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes,
@@ -43,10 +52,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise ValueError(f"--process_id={process_id} must be in [0, --num_processes="
                        f"{num_processes})")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_seconds)
     how = "explicit"
   elif all(name in os.environ for name in _SLURM_VARIABLES) and int(os.environ["SLURM_NTASKS"]) > 1:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
     how = "slurm"
   else:
     how = "single"
@@ -56,7 +66,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def initialize_from_flags() -> str:
-  return initialize(COORDINATOR_ADDRESS.value, NUM_PROCESSES.value, PROCESS_ID.value)
+  return initialize(COORDINATOR_ADDRESS.value, NUM_PROCESSES.value, PROCESS_ID.value,
+                    HEARTBEAT_TIMEOUT.value)
 
 
 def process_batch_rows(batch_sharding: NamedSharding, global_batch_size: int) -> slice:

@@ -333,6 +333,7 @@ class Trainer:
         state, step_metrics = self.training.step(state, batch)
         values = {name: value.item() for name, value in jax.device_get(step_metrics).items()}
         seconds = time.perf_counter() - start
+        self.checkpoints.poll()
         try:
           self._check_rails(values, progress)
         except _Rollback as rollback:

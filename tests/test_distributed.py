@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +86,24 @@ def test_without_slurm_or_flags_it_is_one_process(monkeypatch):
 def test_process_rows_cover_the_batch_once():
   training = step_training(jax.devices())
   assert distributed.process_batch_rows(training.batch_sharding, GLOBAL_BATCH) == slice(0, 8)
+
+
+def test_when_a_process_dies_the_other_stops_naming_it(tmp_path):
+  """Process 1 kills itself after 3 steps; process 0, waiting in the next step's collectives,
+  must stop within the heartbeat timeout (5 s here) with an error naming task 1."""
+  address = f"localhost:{_free_port()}"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO_ROOT,
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  workers = [subprocess.Popen([sys.executable, "tests/distributed_worker.py", address, "2",
+                               str(i), "3"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / f"worker{i}.log", "w"))
+             for i in range(2)]
+  workers[1].wait(timeout=300)
+  died = time.monotonic()
+  assert workers[1].returncode == -9
+  workers[0].wait(timeout=120)  # a hang would fail here
+  stopped_after = time.monotonic() - died
+  log = (tmp_path / "worker0.log").read_text()
+  assert workers[0].returncode != 0
+  assert "Task 1 heartbeat timeout" in log, log[-3000:]
+  assert stopped_after < 5 + 30  # the timeout, and the coordination service's polling
