@@ -96,9 +96,12 @@ def write_index(shards: list[dict], output: str, header: dict) -> None:
   shards = sorted(shards, key=lambda s: s["file"])
   index = {**header, "documents": sum(s["documents"] for s in shards),
            "tokens": sum(s["tokens"] for s in shards), "shards": shards}
-  with open(os.path.join(output, INDEX_FILE), "w") as f:
+  # A temporary name, then a rename: a run killed while writing leaves no index at all.
+  path = os.path.join(output, INDEX_FILE)
+  with open(f"{path}.tmp", "w") as f:
     json.dump(index, f, indent=1)
     f.write("\n")
+  os.replace(f"{path}.tmp", path)
 
 
 def build(root: beam.Pipeline, args: argparse.Namespace, tokenizer: Tokenizer):
@@ -106,6 +109,7 @@ def build(root: beam.Pipeline, args: argparse.Namespace, tokenizer: Tokenizer):
   # What an earlier run left (shards of another count, `.tmp-` files, an index of other shards).
   pipeline.remove_previous_outputs(
       args.output, (pipeline.STATS_FILE, f"{pipeline.STATS_FILE}.tmp-*", INDEX_FILE,
+                    f"{INDEX_FILE}.tmp",
                     "tokens-[0-9]*-of-[0-9]*.array_record",
                     "tokens-[0-9]*-of-[0-9]*.array_record.tmp-*"), args.input)
   dtype = token_dtype(tokenizer.vocab_size)
