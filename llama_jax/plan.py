@@ -83,21 +83,24 @@ def communication_seconds(model_config, params: int, mesh: dict[str, int], batch
                           gpus_per_node: int, links: dict[str, float]) -> float:
   """Bytes each device sends per step over the link its axis crosses, divided by that link's speed.
 
-  FSDP gathers every weight twice (forward, and again for the backward) and reduce-scatters the
-  gradient: 3 x (f-1)/f of a tensor shard's float32 weights. Data parallelism all-reduces the
-  float32 gradient shard: 2 x (d-1)/d. Tensor parallelism with sequence parallelism moves the
-  [tokens, dim] bfloat16 residual 10 times per layer (2 all-gathers and 2 reduce-scatters forward,
-  2 all-gathers recomputed, 4 in the backward): 10 x (t-1)/t. Collectives are assumed not to
-  overlap with compute, so this is an upper bound on the exposed time, for comparing meshes.
+  Collectives move the compute dtype (bfloat16): XLA casts each weight before gathering it, and
+  reduces the gradient of that cast (seen in the partitioned HLO of the step). FSDP gathers every
+  weight twice (forward, and again for the backward) and reduce-scatters the gradient: 3 x
+  (f-1)/f of a tensor shard's weights. Data parallelism all-reduces the gradient shard:
+  2 x (d-1)/d. Tensor parallelism with sequence parallelism moves the [tokens, dim] residual 10
+  times per layer (2 all-gathers and 2 reduce-scatters forward, 2 all-gathers recomputed, 4 in the
+  backward): 10 x (t-1)/t. Collectives are assumed not to overlap with compute, so this is an
+  upper bound on the exposed time, for comparing meshes.
   """
   data, fsdp, tensor = mesh["data"], mesh["fsdp"], mesh["tensor"]
-  tensor_shard_bytes = 4 * params / tensor
+  compute_bytes = jnp.dtype(model_config.dtype).itemsize
+  tensor_shard_bytes = compute_bytes * params / tensor
   fsdp_link = "nvlink" if tensor * fsdp <= gpus_per_node else "network"
   tokens_per_group = batch_tokens / (data * fsdp)
   seconds = 3 * (fsdp - 1) / fsdp * tensor_shard_bytes / (links[fsdp_link] * 1e9)
   seconds += 2 * (data - 1) / data * tensor_shard_bytes / fsdp / (links["network"] * 1e9)
   seconds += (10 * (tensor - 1) / tensor * model_config.n_layers * tokens_per_group
-              * model_config.dim * 2 / (links["nvlink"] * 1e9))
+              * model_config.dim * compute_bytes / (links["nvlink"] * 1e9))
   return seconds
 
 

@@ -144,16 +144,16 @@ HLO_CONFIG = ModelConfig(vocab_size=1000, dim=48, n_layers=2, n_heads=8, ffn_dim
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* ([\w-]+)\(([^)]*)\)")
 
 
-def _partitioned_step_hlo(shape, sequence_parallel, dump_dir: Path) -> str:
+def _partitioned_step_hlo(shape, sequence_parallel, dump_dir: Path, config=HLO_CONFIG) -> str:
   """The train step's HLO right after the SPMD partitioner chose its collectives.
 
   XLA's GPU pipeline then rewrites an all-reduce whose result is only sliced (a dynamic-slice per
   device) into a reduce-scatter; the CPU pipeline has no such pass, so the test reads the
   partitioner's own output and counts that pattern as the reduce-scatter it is.
   """
-  training = _training(shape, sequence_parallel, HLO_CONFIG)
+  training = _training(shape, sequence_parallel, config)
   state = jax.eval_shape(training.init, jnp.int32(0))
-  tokens = jax.ShapeDtypeStruct((4, HLO_CONFIG.context_length), jnp.int32)
+  tokens = jax.ShapeDtypeStruct((4 * shape[1], config.context_length), jnp.int32)
   training.step.lower(state, {"inputs": tokens, "targets": tokens}).compile(
       compiler_options={"xla_dump_to": str(dump_dir),
                         "xla_dump_hlo_pass_re": "control-dep-rewriter"})
@@ -226,3 +226,16 @@ def test_pallas_attention_runs_per_device_under_the_mesh():
   for grad, ref in zip(grads, ref_grads, strict=True):
     ref = np.asarray(ref)
     np.testing.assert_allclose(np.asarray(grad), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_fsdp_gathers_block_weights_in_the_compute_dtype(tmp_path):
+  """The float32 parameters are cast to bfloat16 before the all-gather (half the bytes), as the
+  planner's communication estimate assumes."""
+  config = ModelConfig(**{**HLO_CONFIG.__dict__, "dtype": "bfloat16"})
+  hlo = _partitioned_step_hlo((1, 8, 1), True, tmp_path, config)
+  block_weights = {(48, 8, 6), (8, 6, 48), (48, 80), (80, 48)}  # wq/wk/wv, wo, w1/w3, w2
+  gathered = [(match.group(2), tuple(int(d) for d in match.group(3).split(",")))
+              for match in map(_INSTRUCTION.match, hlo.splitlines())
+              if match and match.group(4) == "all-gather" and match.group(3)]
+  weights = [dtype for dtype, dims in gathered if dims in block_weights]
+  assert len(weights) >= 4 and set(weights) == {"bf16"}, gathered
