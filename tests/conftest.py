@@ -7,9 +7,12 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 
+import gzip  # noqa: E402
+
 import pytest  # noqa: E402
 
 from llama_jax.config import load_config_file  # noqa: E402
+from preprocessing.document import Document  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,3 +20,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def load_config():
   return lambda name: load_config_file(REPO_ROOT / "configs" / f"{name}.py")
+
+
+def written_documents(directory: Path, key=lambda doc: doc.id) -> dict:
+  """The documents preprocessing.run wrote to `directory` (gzip shards), by `key`."""
+  docs = {}
+  for shard in sorted(directory.glob("documents-*.jsonl.gz")):
+    with gzip.open(shard, "rt") as f:
+      docs.update((key(doc), doc) for doc in map(Document.from_json, f))
+  return docs

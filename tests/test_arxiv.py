@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 import pytest
+from conftest import written_documents
 
 from benchmarks import synthetic_arxiv
 from preprocessing import arxiv, run
@@ -220,12 +221,6 @@ def test_check_arguments():
       argparse.Namespace(arxiv_max_expansions=0))[0]
 
 
-def _read_output(directory):
-  docs = []
-  for shard in sorted(directory.glob("documents-*.jsonl.gz")):
-    with gzip.open(shard, "rt") as f:
-      docs += [Document.from_json(line) for line in f]
-  return {d.id: d for d in docs}
 
 
 def test_synthetic_sample_is_seeded(tmp_path):
@@ -259,7 +254,7 @@ def test_arxiv_end_to_end(tmp_path):
              for i in range(count)}
   outcomes = Counter(outcome.values())
   kept_ids = sorted(paper for paper, result in outcome.items() if result == "kept")
-  written = _read_output(tmp_path / "out")
+  written = written_documents(tmp_path / "out")
   assert sorted(written) == kept_ids and len(kept_ids) == 8
   assert stats["documents_written"] == 8
   assert stats["dropped"] == {"empty": 2, "no_main_tex": 2, "no_section": 2}

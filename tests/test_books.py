@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from conftest import written_documents
 
 from benchmarks import synthetic_books
 from preprocessing import books, run
@@ -186,12 +187,6 @@ def test_sample_input_is_seeded(tmp_path):
   assert (tmp_path / "a" / names[0]).read_bytes() != (tmp_path / "c" / names[0]).read_bytes()
 
 
-def _read_output(directory):
-  docs = []
-  for shard in sorted(directory.glob("documents-*.jsonl.gz")):
-    with gzip.open(shard, "rt") as f:
-      docs += [Document.from_json(line) for line in f]
-  return {d.id.rsplit("/", 1)[1]: d for d in docs}
 
 
 def test_books_end_to_end(tmp_path):
@@ -201,7 +196,7 @@ def test_books_end_to_end(tmp_path):
   (tmp_path / "in" / "book-00101-not_gzip.txt.gz").write_bytes(_prose(8).encode())
   stats = run.main(["--source=books", f"--input={pattern}", f"--output={tmp_path / 'out'}"])
 
-  written = _read_output(tmp_path / "out")
+  written = written_documents(tmp_path / "out", lambda doc: doc.id.rsplit("/", 1)[1])
   assert sorted(written) == [
       "book-00000-gutenberg.txt", "book-00001-books3.txt.gz", "book-00002-gutenberg_this.txt.gz",
       "book-00004-gutenberg_old.txt", "book-00005-gutenberg_no_end.txt",

@@ -7,6 +7,7 @@ import json
 from collections import Counter
 
 import pytest
+from conftest import written_documents
 
 from benchmarks import synthetic_github
 from preprocessing import github, run
@@ -221,12 +222,6 @@ def test_check_arguments_names_the_flags():
 
 # --- end to end ----------------------------------------------------------------------------------
 
-def _read_output(directory):
-  docs = []
-  for shard in sorted(directory.glob("documents-*.jsonl.gz")):
-    with gzip.open(shard, "rt") as f:
-      docs += [Document.from_json(line) for line in f]
-  return {d.id: d for d in docs}
 
 
 def test_end_to_end_on_synthetic_export(tmp_path):
@@ -235,7 +230,7 @@ def test_end_to_end_on_synthetic_export(tmp_path):
   rows = list(synthetic_github.sample_rows(count, seed=5))
   stats = run.main(["--source=github", f"--input={pattern}", f"--output={tmp_path / 'out'}"])
 
-  written = _read_output(tmp_path / "out")
+  written = written_documents(tmp_path / "out")
   expected_kept = {f"{row['repo_name']}/{row['path']}" for row, outcome in rows
                    if outcome == "kept"}
   assert set(written) == expected_kept
@@ -270,7 +265,7 @@ def test_end_to_end_counts_malformed_input(tmp_path):
   (tmp_path / "in" / "b.jsonl.gz").write_bytes(whole[:len(whole) // 2])
   stats = run.main(["--source=github", f"--input={tmp_path / 'in' / '*.jsonl*'}",
                     f"--output={tmp_path / 'out'}"])
-  written = _read_output(tmp_path / "out")
+  written = written_documents(tmp_path / "out")
   assert set(written) == {"a/one/x.py", "a/one/z.py"}
   assert written["a/one/z.py"].text == "def f(value):\n  return value + 1\n"
   assert stats["malformed"] == {"bad_json": 1, "broken_archive": 2, "invalid_utf8": 1,

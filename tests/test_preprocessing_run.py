@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import written_documents
 
 from benchmarks import synthetic_web
 from preprocessing import run
-from preprocessing.document import Document
 from preprocessing.wet import wet_bytes
 
 BOILERPLATE = "Subscribe to our newsletter to get the latest updates."
@@ -25,12 +25,10 @@ def ccnet_models(tmp_path_factory):
   return synthetic_web.train_ccnet_models(tmp_path_factory.mktemp("ccnet_models"))
 
 
-def _read_output(directory):
-  docs = []
-  for shard in sorted(directory.glob("documents-*.jsonl.gz")):
-    with gzip.open(shard, "rt") as f:
-      docs += [Document.from_json(line) for line in f]
-  return {d.metadata["url"]: d for d in docs}
+
+
+def _by_url(directory):
+  return written_documents(directory, lambda doc: doc.metadata["url"])
 
 
 def test_ccnet_end_to_end(tmp_path, ccnet_models):
@@ -53,7 +51,7 @@ def test_ccnet_end_to_end(tmp_path, ccnet_models):
   stats = run.main(["--source=ccnet", f"--input={tmp_path / 'in' / '*.warc.wet*'}",
                     f"--output={tmp_path / 'out'}", "--perplexity_cutoffs=en:1e9:1e10", *flags])
 
-  written = _read_output(tmp_path / "out")
+  written = _by_url(tmp_path / "out")
   assert sorted(written) == ["http://en.example/1", "http://en.example/2"]
   assert BOILERPLATE not in written["http://en.example/1"].text
   assert {"language", "language_score", "perplexity", "bucket", "reference_score"} <= set(
@@ -82,7 +80,7 @@ def test_c4_end_to_end(tmp_path):
   (tmp_path / "in.warc.wet.gz").write_bytes(wet_bytes(pages))
   stats = run.main(["--source=c4", f"--input={tmp_path / 'in.warc.wet.gz'}",
                     f"--output={tmp_path / 'out'}"])
-  written = _read_output(tmp_path / "out")
+  written = _by_url(tmp_path / "out")
   # Page 2 loses the article lines page 1 kept and is left with one sentence.
   assert list(written) == ["http://c4.example/1"]
   assert written["http://c4.example/1"].text == article
@@ -99,7 +97,7 @@ def test_released_c4_copy_is_read_as_is(tmp_path):
     f.write("".join(json.dumps(r) + "\n" for r in records) + "not json\n")
   stats = run.main(["--source=c4", "--c4_input_format=c4_json",
                     f"--input={tmp_path / '*.json.gz'}", f"--output={tmp_path / 'out'}"])
-  assert sorted(_read_output(tmp_path / "out")) == ["http://a/", "http://b/"]
+  assert sorted(_by_url(tmp_path / "out")) == ["http://a/", "http://b/"]
   assert stats["malformed"] == {"bad_json_record": 1}
 
 
@@ -137,6 +135,6 @@ def test_worker_processes_give_the_same_result(tmp_path, ccnet_models):
                       f"--output={tmp_path / mode}", f"--direct_running_mode={mode}",
                       "--direct_num_workers=2", *flags])
     results[mode] = ({k: v for k, v in stats.items() if k not in ("seconds", "output")},
-                     {url: doc.text for url, doc in _read_output(tmp_path / mode).items()})
+                     {url: doc.text for url, doc in _by_url(tmp_path / mode).items()})
   assert results["in_memory"] == results["multi_processing"]
   assert results["in_memory"][0]["documents_written"] > 0

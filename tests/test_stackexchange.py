@@ -1,11 +1,11 @@
 """Stack Exchange rules one by one, the dump reader on broken input, the pipeline end to end."""
 
-import gzip
 import io
 import logging
 from argparse import Namespace
 
 import pytest
+from conftest import written_documents
 
 from benchmarks import synthetic_stackexchange as synthetic
 from preprocessing import run, stackexchange
@@ -134,12 +134,6 @@ def test_read_posts_invalid_utf8_keeps_earlier_rows(caplog):
   assert "malformed input (bad_xml)" in caplog.text
 
 
-def _read_output(directory):
-  docs = []
-  for shard in sorted(directory.glob("documents-*.jsonl.gz")):
-    with gzip.open(shard, "rt") as f:
-      docs += [Document.from_json(line) for line in f]
-  return {d.id: d for d in docs}
 
 
 @pytest.fixture
@@ -169,7 +163,7 @@ def dump(tmp_path):
 def test_end_to_end_keeps_the_largest_sites(tmp_path, dump):
   stats = run.main(["--source=stackexchange", f"--input={dump}", f"--output={tmp_path / 'out'}",
                     "--stackexchange_sites=largest:2"])
-  docs = _read_output(tmp_path / "out")
+  docs = written_documents(tmp_path / "out")
   assert sorted(docs) == ["cooking.stackexchange.com/1", "math.stackexchange.com/1",
                           "math.stackexchange.com/2"]
   first = docs["math.stackexchange.com/1"]
@@ -191,7 +185,7 @@ def test_end_to_end_keeps_the_largest_sites(tmp_path, dump):
 def test_end_to_end_site_list_and_min_answers(tmp_path, dump):
   stats = run.main(["--source=stackexchange", f"--input={dump}", f"--output={tmp_path / 'out'}",
                     "--stackexchange_sites=math,tiny", "--stackexchange_min_answers=1"])
-  assert sorted(_read_output(tmp_path / "out")) == ["math.stackexchange.com/1"]
+  assert sorted(written_documents(tmp_path / "out")) == ["math.stackexchange.com/1"]
   assert stats["dropped"] == {"empty_answer": 1, "no_answers": 3, "orphan_answer": 1,
                               "other_post_type": 1, "site_not_selected": 2}
 

@@ -1,11 +1,11 @@
 """Wikipedia dumps: each page rule, the wikitext cleaning, the XML reader and the whole run."""
 
 import bz2
-import gzip
 import io
 import json
 
 import pytest
+from conftest import written_documents
 
 from benchmarks import synthetic_wikipedia as synthetic
 from preprocessing import run, wikipedia
@@ -157,12 +157,6 @@ def test_check_arguments():
   assert "DE" in wikipedia.check_arguments(args)[0]
 
 
-def _read_output(directory):
-  docs = []
-  for shard in sorted(directory.glob("documents-*.jsonl.gz")):
-    with gzip.open(shard, "rt") as f:
-      docs += [Document.from_json(line) for line in f]
-  return {d.id: d for d in docs}
 
 
 def test_end_to_end(tmp_path):
@@ -190,7 +184,7 @@ def test_end_to_end(tmp_path):
 
   stats = run.main(["--source=wikipedia", f"--input={inputs / '*-pages-articles.xml*'}",
                     f"--output={tmp_path / 'out'}"])
-  written = _read_output(tmp_path / "out")
+  written = written_documents(tmp_path / "out")
   assert {doc_id: doc.text for doc_id, doc in written.items()} == {
       "enwiki/1": "Paris is the French capital.\n\nHistory\n\nOld.",
       "dewiki/10": "Berlin ist Hauptstadt.",
@@ -219,6 +213,6 @@ def test_end_to_end_synthetic_sample(tmp_path):
                        ("templates_only", "empty_after_cleaning")):
     assert stats["dropped"][reason] == sum(kinds[wiki, kind] for wiki in kept)
   assert stats["documents_written"] == sum(kinds[wiki, "article"] for wiki in kept)
-  for doc in _read_output(tmp_path / "out").values():
+  for doc in written_documents(tmp_path / "out").values():
     assert "{{" not in doc.text and "[[" not in doc.text and "<ref" not in doc.text
     assert "Category:" not in doc.text and "Kategorie:" not in doc.text and "|" not in doc.text
