@@ -221,8 +221,6 @@ def test_check_arguments():
       argparse.Namespace(arxiv_max_expansions=0))[0]
 
 
-
-
 def test_synthetic_sample_is_seeded(tmp_path):
   def contents(name, seed):
     synthetic_arxiv.write_sample_input(tmp_path / name, 9, seed=seed)

@@ -187,8 +187,6 @@ def test_sample_input_is_seeded(tmp_path):
   assert (tmp_path / "a" / names[0]).read_bytes() != (tmp_path / "c" / names[0]).read_bytes()
 
 
-
-
 def test_books_end_to_end(tmp_path):
   pattern = synthetic_books.write_sample_input(tmp_path / "in", 12, seed=0, words_per_book=400)
   compressed = gzip.compress(_prose(7, 2000).encode())

@@ -223,7 +223,6 @@ def test_check_arguments_names_the_flags():
 # --- end to end ----------------------------------------------------------------------------------
 
 
-
 def test_end_to_end_on_synthetic_export(tmp_path):
   count = 2 * len(synthetic_github.KINDS) + 3
   pattern = synthetic_github.write_sample_input(tmp_path / "in", count, seed=5)

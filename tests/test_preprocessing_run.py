@@ -25,8 +25,6 @@ def ccnet_models(tmp_path_factory):
   return synthetic_web.train_ccnet_models(tmp_path_factory.mktemp("ccnet_models"))
 
 
-
-
 def _by_url(directory):
   return written_documents(directory, lambda doc: doc.metadata["url"])
 

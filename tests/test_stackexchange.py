@@ -134,8 +134,6 @@ def test_read_posts_invalid_utf8_keeps_earlier_rows(caplog):
   assert "malformed input (bad_xml)" in caplog.text
 
 
-
-
 @pytest.fixture
 def dump(tmp_path):
   math = [row(Id=1, PostTypeId=1, Score=5, Title="How to add?", Tags="<algebra><sums>",

@@ -157,8 +157,6 @@ def test_check_arguments():
   assert "DE" in wikipedia.check_arguments(args)[0]
 
 
-
-
 def test_end_to_end(tmp_path):
   inputs = tmp_path / "in"
   inputs.mkdir()
