@@ -39,22 +39,27 @@ EVERY_STEPS = 2
 SOURCES = ("ccnet", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
 
 
-def _overrides(shards: Path, steps: int) -> list[str]:
-  settings = {
-      "model.vocab_size": VOCAB, "model.dim": 64, "model.n_layers": 2, "model.n_heads": 4,
-      "model.ffn_dim": 128, "model.context_length": 32, "train.batch_size": 8,
-      "train.total_tokens": float(steps * 8 * 32), "optim.warmup_steps": 2,
-      "checkpoint.every_steps": EVERY_STEPS, "data.dir": shards, "data.read_threads": 0,
-      **{f"data.shares.{name}": float(name == "wikipedia") for name in SOURCES},
-  }
-  return [f"--config.{key}={value}" for key, value in settings.items()]
+# configs/tiny.py made smaller still, so a run of a few dozen steps takes seconds (also used by
+# tests/test_train.py).
+SMALL_TINY = {
+    "model.vocab_size": VOCAB, "model.dim": 64, "model.n_layers": 2, "model.n_heads": 4,
+    "model.ffn_dim": 128, "model.context_length": 32, "train.batch_size": 8,
+    "optim.warmup_steps": 2, "data.read_threads": 0,
+}
 
 
-def _start(workdir: Path, overrides: list[str], log) -> subprocess.Popen:
+def config_flags(settings: dict, sources: tuple[str, ...]) -> list[str]:
+  """`--config.KEY=VALUE` flags for `settings`, reading only `sources` (share 1 each)."""
+  shares = {f"data.shares.{name}": float(name in sources) for name in SOURCES}
+  return [f"--config.{key}={value}" for key, value in {**settings, **shares}.items()]
+
+
+def start_training(workdir: Path, flags: list[str], log) -> subprocess.Popen:
+  """`python -m llama_jax.train --config=configs/tiny.py` on one CPU device, stderr to `log`."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT)}
   env.pop("XLA_FLAGS", None)  # one device, whatever the caller simulates
   return subprocess.Popen([sys.executable, "-m", "llama_jax.train", "--config=configs/tiny.py",
-                           f"--workdir={workdir}", *overrides], cwd=REPO_ROOT, env=env,
+                           f"--workdir={workdir}", *flags], cwd=REPO_ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -97,16 +102,18 @@ def soak(kills: int, seed: int, steps: int, root: Path) -> dict:
   write_source(shards / "wikipedia", [np.append(docs_rng.integers(3, VOCAB, n), 2)
                                       for n in docs_rng.integers(5, 60, 2000)],
                num_shards=4, vocab_size=VOCAB)
-  overrides = _overrides(shards, steps)
+  overrides = config_flags({**SMALL_TINY, "train.total_tokens": float(steps * 8 * 32),
+                            "checkpoint.every_steps": EVERY_STEPS, "data.dir": shards},
+                           ("wikipedia",))
   with open(root / "train.log", "w") as log:
-    reference = _start(root / "reference", overrides, log)
+    reference = start_training(root / "reference", overrides, log)
     if reference.wait() != 0:
       raise RuntimeError(f"the uninterrupted run failed; see {root / 'train.log'}")
 
     workdir = root / "soak"
     done = during_save = 0
     while done < kills:
-      process = _start(workdir, overrides, log)
+      process = start_training(workdir, overrides, log)
       aim_at_save = done < (kills + 3) // 4 or rng.random() < 0.5
       start_step = _last_step(workdir)
       target = start_step + rng.randint(1, 2 * EVERY_STEPS)
@@ -127,7 +134,7 @@ def soak(kills: int, seed: int, steps: int, root: Path) -> dict:
                 f"({'aimed at a save' if aim_at_save else 'at random'}); unfinished: "
                 f"{unfinished}\n")
       log.flush()
-    final = _start(workdir, overrides, log)
+    final = start_training(workdir, overrides, log)
     if final.wait() != 0:
       raise RuntimeError(f"the resumed run failed; see {root / 'train.log'}")
 

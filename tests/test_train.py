@@ -1,11 +1,8 @@
 """The training program: accumulation, skipped updates, rollbacks, signals, exact resume."""
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -15,23 +12,18 @@ import optax
 import pytest
 
 from benchmarks.data_loader import write_source
+from benchmarks.soak import SMALL_TINY, SOURCES, VOCAB, config_flags, start_training
 from llama_jax.checkpoint import CHECKSUMS
 from llama_jax.metrics import read_metrics
 from llama_jax.model import ModelConfig
 from llama_jax.sharding import MeshRules, logical_rules, make_mesh
 from llama_jax.train import ShardedTraining, Trainer
-from tests.conftest import REPO_ROOT
 
-VOCAB = 512
-SOURCES = ("ccnet", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
-# configs/tiny.py made smaller still, so a run of a few dozen steps takes seconds.
 OVERRIDES = {
-    "model.vocab_size": VOCAB, "model.dim": 64, "model.n_layers": 2, "model.n_heads": 4,
-    "model.ffn_dim": 128, "model.context_length": 32, "train.batch_size": 8,
-    "train.total_tokens": 24 * 8 * 32.0, "optim.warmup_steps": 2, "optim.peak_lr": 1e-2,
+    **SMALL_TINY, "train.total_tokens": 24 * 8 * 32.0, "optim.peak_lr": 1e-2,
     "checkpoint.every_steps": 3, "train.spike_min_history": 5, "train.spike_window": 10,
-    "data.read_threads": 0,
 }
+TRAINED_SOURCES = ("wikipedia", "books")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +31,7 @@ def shards(tmp_path_factory):
   """Two sources of repetitive documents (quickly learnt, so a random batch is a loss spike)."""
   root = tmp_path_factory.mktemp("tokens")
   rng = np.random.default_rng(0)
-  for name in ("wikipedia", "books"):
+  for name in TRAINED_SOURCES:
     phrases = [rng.integers(3, VOCAB, 6) for _ in range(4)]
     documents = [np.concatenate([phrases[i % 4]] * int(rng.integers(2, 6)) + [[2]])
                  for i in range(400)]
@@ -53,12 +45,8 @@ def _config(load_config, shards, **overrides):
     section, name = key.split(".")
     config[section][name] = value
   for name in SOURCES:
-    config.data.shares[name] = 1.0 if name in ("wikipedia", "books") else 0.0
+    config.data.shares[name] = float(name in TRAINED_SOURCES)
   return config
-
-
-def _flags(config_overrides: dict) -> list[str]:
-  return [f"--config.{key}={value}" for key, value in config_overrides.items()]
 
 
 def _losses(workdir) -> dict[int, float]:
@@ -66,15 +54,8 @@ def _losses(workdir) -> dict[int, float]:
 
 
 def _train_process(workdir, shards, **overrides):
-  settings = {**OVERRIDES, "data.dir": shards, **overrides}
-  shares = [f"--config.data.shares.{name}={1.0 if name in ('wikipedia', 'books') else 0.0}"
-            for name in SOURCES]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT), "XLA_FLAGS": ""}
-  return subprocess.Popen(
-      [sys.executable, "-m", "llama_jax.train", "--config=configs/tiny.py",
-       f"--workdir={workdir}", *_flags(settings), *shares],
-      cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-      stderr=open(workdir.parent / f"{workdir.name}.log", "w"))
+  flags = config_flags({**OVERRIDES, "data.dir": shards, **overrides}, TRAINED_SOURCES)
+  return start_training(workdir, flags, open(workdir.parent / f"{workdir.name}.log", "w"))
 
 
 def _wait_for_step(workdir, step, process, timeout=180):
