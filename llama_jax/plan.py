@@ -138,8 +138,11 @@ def main(argv: list[str]) -> None:
   batch_size = _BATCH.value or config.train.batch_size
   batch_tokens = batch_size * model_config.context_length
   params = count_params(abstract_model(model_config))
-  meshes = ([parse_mesh(_MESH.value)] if _MESH.value else
-            candidate_meshes(model_config, _DEVICES.value, _GPUS_PER_NODE.value))
+  try:
+    meshes = ([parse_mesh(_MESH.value)] if _MESH.value else
+              candidate_meshes(model_config, _DEVICES.value, _GPUS_PER_NODE.value))
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   print(f"{_CONFIG.value}: {params / 1e9:.2f}B parameters, batch {batch_size} x "
         f"{model_config.context_length} = {batch_tokens / 1e6:.1f}M tokens, {_DEVICES.value} "
         f"devices of {_MEMORY.value:g} GB; per device, GB (1e9 bytes):")

@@ -376,8 +376,11 @@ def main(argv: list[str]) -> None:
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if config is None or workdir is None:
     raise app.UsageError("--config=FILE and --workdir=DIR are required")
-  distributed.initialize_from_flags()
-  trainer = Trainer(config, workdir)
+  try:
+    distributed.initialize_from_flags()
+    trainer = Trainer(config, workdir)
+  except ValueError as error:  # the config, mesh, data or work directory: the message says what
+    raise app.UsageError(str(error)) from None
   try:
     result = trainer.run()
   finally:

@@ -1,7 +1,11 @@
 """The memory planner: exact state bytes per device, XLA's activations, candidates, the estimate."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from llama_jax.model import ModelConfig, abstract_model, count_params
 from llama_jax.plan import (
@@ -72,3 +76,12 @@ def test_communication_estimate_follows_its_formula():
   in_node = communication_seconds(config, params, {"data": 32, "fsdp": 8, "tensor": 1}, 4e6, 8,
                                   links)
   assert in_node < fsdp / 2
+
+
+def test_a_bad_mesh_flag_is_one_message_without_a_traceback():
+  result = subprocess.run([sys.executable, "-m", "llama_jax.plan", "--config=configs/tiny.py",
+                           "--devices=8", "--mesh=fsdp=all"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 1
+  assert "write data=D,fsdp=F,tensor=T" in result.stderr
+  assert "Traceback" not in result.stderr

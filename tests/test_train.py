@@ -285,3 +285,11 @@ def test_failed_saves_are_logged_retried_and_keep_the_last_good_one(
   saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
                  if p.name.isdigit())
   assert saved == [0, 3, 12]  # the last good one (3) survived the failures; 12 was retried
+
+
+def test_a_config_error_is_one_message_without_a_traceback(tmp_path):
+  process = start_training(tmp_path / "run", [], open(tmp_path / "run.log", "w"))
+  assert process.wait(timeout=120) == 1
+  log = (tmp_path / "run.log").read_text()
+  assert "config.data.dir is not set: give --config.data.dir=DIR" in log
+  assert "Traceback" not in log
