@@ -1,4 +1,5 @@
-"""Loading Hugging Face LLaMA checkpoints (config.json + *.safetensors) into our model.
+"""Checkpoint formats: loading Hugging Face LLaMA checkpoints (config.json + *.safetensors) into
+our model, and loading any supported checkpoint for inference (`load_model`).
 
 Hugging Face's port rotates the two halves of each head with RoPE, where Meta's code (and ours)
 rotates interleaved pairs; its conversion script permutes the rows of the q and k projections to
@@ -9,16 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from ml_collections import config_dict
 from safetensors import safe_open
 from tqdm import tqdm
 
+from llama_jax.checkpoint import restore_params
 from llama_jax.model import Llama, ModelConfig, abstract_model
+from llama_jax.sharding import MeshRules, logical_rules, make_mesh, param_shardings, with_shardings
+from llama_jax.tokenizer import Tokenizer
 
 # Buffers some checkpoints carry that our model derives instead.
 _DERIVED_TENSORS = ("rotary_emb.inv_freq",)
@@ -153,3 +159,72 @@ def from_pretrained(path: str | Path, dtype=None) -> tuple[Llama, ModelConfig]:
     config = dataclasses.replace(config, dtype=jnp.dtype(dtype).name)
   params = params_from_hf(_read_safetensors(directory), config, str(directory))
   return _assemble(config, params, str(directory)), config
+
+
+# --- loading any checkpoint for inference ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A checkpoint's parameters placed on a mesh, with its config and tokenizer."""
+
+  model_config: ModelConfig
+  params: nnx.State  # placed with the shardings of `mesh_rules`
+  tokenizer: Tokenizer
+  mesh_rules: MeshRules
+  description: str  # what was loaded, for results files
+
+
+def _run_directory(path: Path) -> tuple[Path, int | None]:
+  """(run directory, step or None for the latest) for a --workdir or one of its checkpoints."""
+  if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+    return path, None
+  if path.name.isdigit() and path.parent.name == "checkpoints":
+    return path.parent.parent, int(path.name)
+  raise FileNotFoundError(
+      f"--ckpt={path} is neither a Hugging Face LLaMA directory (config.json, *.safetensors, "
+      "tokenizer.model) nor a training run directory (config.json, checkpoints/) or one of its "
+      "checkpoints/<step> directories")
+
+
+def load_model(ckpt: str | Path, *, tokenizer: str | Path | None = None, dtype: str | None = None,
+               mesh_config: dict | None = None,
+               devices: Sequence[jax.Device] | None = None) -> LoadedModel:
+  """A Hugging Face LLaMA directory or a llama_jax run (its latest or a given checkpoint) with
+  the parameters sharded over a mesh (default: FSDP over every device), for inference.
+
+  Only the parameters of a run's checkpoint are read (not the optimizer state), checksums
+  verified. `dtype` overrides the compute dtype.
+  """
+  path = Path(ckpt)
+  mesh_config = mesh_config or {"data": 1, "fsdp": -1, "tensor": 1}
+  mesh_rules = MeshRules(make_mesh(mesh_config, devices), logical_rules(sequence_parallel=False))
+  hf_config = path / "config.json"
+  # Hugging Face configs name a model_type (from_pretrained refuses non-LLaMA ones, saying why);
+  # our runs' config.json does not.
+  if hf_config.is_file() and "model_type" in json.loads(hf_config.read_text()):
+    model, model_config = from_pretrained(path, dtype=dtype)
+    tokenizer_file = Path(tokenizer) if tokenizer else path / "tokenizer.model"
+    params = nnx.state(model, nnx.Param)
+    params = jax.device_put(params, param_shardings(params, mesh_rules))
+    description = f"Hugging Face LLaMA {path}"
+  else:
+    run, step = _run_directory(path)
+    config = config_dict.ConfigDict(json.loads((run / "config.json").read_text()))
+    model_config = ModelConfig.from_dict(config.model)
+    if dtype is not None:
+      model_config = dataclasses.replace(model_config, dtype=jnp.dtype(dtype).name)
+    if tokenizer:
+      tokenizer_file = Path(tokenizer)
+    elif config.data.get("tokenizer"):
+      tokenizer_file = Path(config.data.tokenizer)
+    else:
+      raise ValueError(f"{run / 'config.json'} names no data.tokenizer; give --tokenizer=FILE")
+    abstract = nnx.state(abstract_model(model_config), nnx.Param)
+    params, step = restore_params(run, with_shardings(abstract,
+                                                      param_shardings(abstract, mesh_rules)), step)
+    description = f"llama_jax run {run}, step {step}"
+  if not Path(tokenizer_file).is_file():
+    raise FileNotFoundError(f"tokenizer {tokenizer_file} not found: give --tokenizer=FILE (the "
+                            "SentencePiece model the checkpoint was trained with)")
+  return LoadedModel(model_config, params, Tokenizer(tokenizer_file), mesh_rules, description)

@@ -19,7 +19,6 @@ mesh's batch axes (data, fsdp) and the model over `tensor` by llama_jax.sharding
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,22 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
-from ml_collections import config_dict
 
-from llama_jax.checkpoint import restore_params
-from llama_jax.convert import from_pretrained
+from llama_jax.convert import load_model
 from llama_jax.eval.tasks import Request
 from llama_jax.model import ModelConfig, abstract_model
-from llama_jax.sharding import (
-    BATCH_AXES,
-    TOKENS,
-    MeshRules,
-    activation_sharding,
-    logical_rules,
-    make_mesh,
-    param_shardings,
-    with_shardings,
-)
+from llama_jax.sharding import BATCH_AXES, TOKENS, MeshRules, activation_sharding
 from llama_jax.tokenizer import Tokenizer
 
 MIN_BUCKET = 32
@@ -186,56 +174,13 @@ class Scorer:
 # --- loading ---------------------------------------------------------------------------------
 
 
-def _run_directory(path: Path) -> tuple[Path, int | None]:
-  """(run directory, step or None for the latest) for a --workdir or one of its checkpoints."""
-  if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-    return path, None
-  if path.name.isdigit() and path.parent.name == "checkpoints":
-    return path.parent.parent, int(path.name)
-  raise FileNotFoundError(
-      f"--ckpt={path} is neither a Hugging Face LLaMA directory (config.json, *.safetensors, "
-      "tokenizer.model) nor a training run directory (config.json, checkpoints/) or one of its "
-      "checkpoints/<step> directories")
-
-
 def load_scorer(ckpt: str | Path, *, tokenizer: str | Path | None = None, dtype: str | None = None,
                 mesh_config: dict | None = None, batch_size: int = 16,
                 devices: Sequence[jax.Device] | None = None) -> Scorer:
   """A Scorer for a Hugging Face LLaMA directory or a llama_jax training run (its latest or a
   given checkpoint), with the parameters sharded over the mesh (default: FSDP over every device).
   """
-  path = Path(ckpt)
-  mesh_config = mesh_config or {"data": 1, "fsdp": -1, "tensor": 1}
-  mesh_rules = MeshRules(make_mesh(mesh_config, devices), logical_rules(sequence_parallel=False))
-  hf_config = path / "config.json"
-  # Hugging Face configs name a model_type (from_pretrained refuses non-LLaMA ones, saying why);
-  # our runs' config.json does not.
-  if hf_config.is_file() and "model_type" in json.loads(hf_config.read_text()):
-    model, model_config = from_pretrained(path, dtype=dtype)
-    tokenizer_file = Path(tokenizer) if tokenizer else path / "tokenizer.model"
-    params = nnx.state(model, nnx.Param)
-    shardings = param_shardings(params, mesh_rules)
-    params = jax.device_put(params, shardings)
-    description = f"Hugging Face LLaMA {path}"
-  else:
-    run, step = _run_directory(path)
-    config = config_dict.ConfigDict(json.loads((run / "config.json").read_text()))
-    model_config = ModelConfig.from_dict(config.model)
-    if dtype is not None:
-      model_config = dataclasses.replace(model_config, dtype=jnp.dtype(dtype).name)
-    if tokenizer:
-      tokenizer_file = Path(tokenizer)
-    elif config.data.get("tokenizer"):
-      tokenizer_file = Path(config.data.tokenizer)
-    else:
-      raise ValueError(f"{run / 'config.json'} names no data.tokenizer; give --tokenizer=FILE")
-    abstract = nnx.state(abstract_model(model_config), nnx.Param)
-    params, step = restore_params(run, with_shardings(abstract,
-                                                      param_shardings(abstract, mesh_rules)), step)
-    description = f"llama_jax run {run}, step {step}"
-  if not Path(tokenizer_file).is_file():
-    raise FileNotFoundError(f"tokenizer {tokenizer_file} not found: give --tokenizer=FILE (the "
-                            "SentencePiece model the checkpoint was trained with)")
-  return Scorer(model_config, params, Tokenizer(tokenizer_file), mesh_rules, batch_size,
-                description)
-
+  loaded = load_model(ckpt, tokenizer=tokenizer, dtype=dtype, mesh_config=mesh_config,
+                      devices=devices)
+  return Scorer(loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
+                batch_size, loaded.description)
