@@ -1,0 +1,931 @@
+"""The paper's generative benchmarks (section 3): closed-book QA, math and code, scored on text
+the model writes.
+
+NaturalQuestions and TriviaQA (exact match), GSM8k and MATH (exact match of the final answer, and
+maj1@k: the majority answer of k samples), HumanEval and MBPP (pass@k: generated code run against
+the benchmark's tests in `llama_jax.eval.sandbox`). Each is read from the files its authors
+release, found under `--data_dir` as `GenerativeTask.files` names them; a missing file raises
+`TaskDataError` saying where the benchmark is published, a malformed one names file, line and
+field.
+
+Text comes from a `generate(prompts, settings)` callable: for each prompt, `settings.num_samples`
+completions, cut before the first stop sequence. Prompts and stop sequences are those of
+lm-evaluation-harness 0.4.13 where it has the task (named beside each); tests render the
+harness's own tasks on the same items and compare.
+
+The paper's protocol for each benchmark is a row of `GENERATIVE_TASKS` (shots, samples,
+temperature, top-p, the k of pass@k); where the paper gives two (greedy and maj1@k, pass@1 and
+pass@100) they are two tasks. Items that cannot be scored are never dropped silently: each reason
+is a metric of its own (`no_answer`: no answer could be read from the completion;
+`no_gold_answer`: the benchmark's own solution has none; `sandbox_timeout`...).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gzip
+import json
+import logging
+import math
+import random
+import re
+import string
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from tqdm import tqdm
+
+from llama_jax.eval.harness import TaskResult, aggregate
+from llama_jax.eval.tasks import (
+  FEWSHOT_SEED,
+  TaskDataError,
+  by_subset,
+  field,
+  require_file,
+  strings,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+  """How completions are drawn: greedy at temperature 0, else sampled (top-p, top-k)."""
+
+  max_new_tokens: int = 256  # lm-evaluation-harness's max_gen_toks
+  temperature: float = 0.0  # 0 = greedy
+  top_p: float = 1.0
+  top_k: int = 0  # 0 = off
+  num_samples: int = 1
+  stop: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    problems = []
+    if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+      problems.append(f"max_new_tokens={self.max_new_tokens!r} should be a positive integer")
+    if self.temperature < 0:
+      problems.append(f"temperature={self.temperature} should be 0 (greedy) or more")
+    if not 0 < self.top_p <= 1:
+      problems.append(f"top_p={self.top_p} should be in (0, 1]")
+    if self.top_k < 0:
+      problems.append(f"top_k={self.top_k} should be 0 (off) or more")
+    if self.num_samples < 1:
+      problems.append(f"num_samples={self.num_samples} should be at least 1")
+    if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+      problems.append(f"stop={self.stop!r} should be a tuple of non-empty strings")
+    if problems:
+      raise ValueError("generation settings: " + "; ".join(problems))
+
+
+Generate = Callable[[list[str], GenerationSettings], list[list[str]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One benchmark item: the text the model continues, and what its completions are scored by."""
+
+  source: str  # "file:line", for messages and per-item output
+  prompt: str  # the item's own text, after any shots
+  target: str = ""  # the item solved, after prompt and the task's target_delimiter, as a shot
+  # Accepted answers (QA); the gold answer, normalized (math; none when the solution has none).
+  answers: tuple[str, ...] = ()
+  gold: str = ""  # the answer as the benchmark writes it, for per-item output
+  program_prefix: str = ""  # code: the program is program_prefix + completion + program_suffix
+  program_suffix: str = ""
+  subset: str = ""  # MATH's subject: metrics are also reported per subject
+  task_id: str = ""
+
+  def same_item(self, other: Item) -> bool:
+    """Whether `other` holds the same item, wherever it was read from (to keep an item out of
+    its own shots)."""
+    return (self.prompt, self.target, self.answers) == (other.prompt, other.target, other.answers)
+
+
+# --- reading released files ------------------------------------------------------------------
+
+
+def _read_json_lines(path: Path) -> Iterator[tuple[str, dict]]:
+  """("file:line", object) for each non-empty line of a JSON-lines file, gzipped or not."""
+  opener = gzip.open if path.suffix == ".gz" else open
+  try:
+    with opener(path, "rt", encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        source = f"{path}:{number}"
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as error:
+          raise TaskDataError(f"{source}: not valid JSON ({error})") from None
+        if not isinstance(record, dict):
+          raise TaskDataError(f"{source}: expected a JSON object, got {type(record).__name__}")
+        yield source, record
+  except (OSError, EOFError, UnicodeDecodeError) as error:  # a truncated or non-gzip file
+    raise TaskDataError(f"{path}: cannot be read ({error})") from None
+
+
+def _read_json_object_array(path: Path, key: str) -> Iterator[tuple[str, dict]]:
+  """("file:line (key[i])", object) for each object of the array under `key` in a JSON file
+  holding one object (TriviaQA's {"Data": [...]}); the line is where the object starts."""
+  text = path.read_text(encoding="utf-8")
+  try:
+    document = json.loads(text)
+  except json.JSONDecodeError as error:
+    raise TaskDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+  if not isinstance(document, dict) or not isinstance(document.get(key), list):
+    raise TaskDataError(f"{path}:1: expected a JSON object with an array {key!r}")
+  # The document is walked again key by key at the top level, to know where each item starts.
+  decoder, space = json.JSONDecoder(), re.compile(r"[\s,:]*")
+  position = text.index("{") + 1
+  while True:
+    position = space.match(text, position).end()
+    name, position = decoder.raw_decode(text, position)
+    position = space.match(text, position).end()
+    if name == key:
+      break
+    _, position = decoder.raw_decode(text, position)
+  position += 1  # the array's "["
+  line = text.count("\n", 0, position) + 1
+  for index in range(len(document[key])):
+    start = space.match(text, position).end()
+    line += text.count("\n", position, start)
+    record, position = decoder.raw_decode(text, start)
+    line_after = line + text.count("\n", start, position)
+    source = f"{path}:{line} ({key}[{index}])"
+    if not isinstance(record, dict):
+      raise TaskDataError(f"{source}: expected a JSON object, got {type(record).__name__}")
+    yield source, record
+    line = line_after
+
+
+def _nonempty_strings(record: dict, name: str, source: str) -> list[str]:
+  values = strings(record, name, source)
+  if not values or not all(v.strip() for v in values):
+    raise TaskDataError(f"{source}: field {name!r} should hold at least one answer, and no empty "
+                        f"one; got {values!r}")
+  return values
+
+
+def _read_nq_open(task: GenerativeTask, path: Path) -> list[Item]:
+  """NQ-open: lower-cased questions without their "?", and every accepted answer."""
+  items = []
+  for source, r in _read_json_lines(path):
+    answers = _nonempty_strings(r, "answer", source)
+    # As the harness's nq_open: doc_to_text, and a shot's target is the first answer.
+    items.append(Item(source, f"Q: {field(r, 'question', source)}?\nA:", answers[0],
+                      tuple(answers), gold=answers[0]))
+  return items
+
+
+def _read_triviaqa(task: GenerativeTask, path: Path) -> list[Item]:
+  """TriviaQA's {"Data": [{"Question", "Answer": {"Value", "Aliases", "NormalizedAliases"}}]}.
+
+  Accepted answers are the answer's value, its aliases and their normalized forms (the official
+  evaluation accepts the normalized aliases); a shot's target is the first alias, as the
+  harness's doc_to_target ({{answer.aliases}}). The harness adds "?" after the question, which
+  already ends with one; its prompt is kept as it is.
+  """
+  items = []
+  for source, r in _read_json_object_array(path, "Data"):
+    aliases = _nonempty_strings(r, "Answer.Aliases", source)
+    accepted = [field(r, "Answer.Value", source), *aliases]
+    if "NormalizedAliases" in field(r, "Answer", source, dict):
+      accepted += strings(r, "Answer.NormalizedAliases", source)
+    items.append(Item(source, f"Question: {field(r, 'Question', source)}?\nAnswer:", aliases[0],
+                      tuple(dict.fromkeys(accepted)), gold=field(r, "Answer.Value", source),
+                      task_id=str(r.get("QuestionId", ""))))
+  return items
+
+
+def _read_gsm8k(task: GenerativeTask, path: Path) -> list[Item]:
+  """GSM8k: a question, and a worked answer ending "#### <number>"."""
+  items = []
+  for source, r in _read_json_lines(path):
+    question, answer = field(r, "question", source), field(r, "answer", source)
+    gold = _gsm8k_gold(answer)
+    if gold is None:
+      raise TaskDataError(f"{source}: field 'answer' should end with '#### <number>', got "
+                          f"{answer[-60:]!r}")
+    items.append(Item(source, f"Q: {question}\nA:", answers=(gold,),
+                      gold=answer.split("####")[-1].strip()))
+  return items
+
+
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                 "number_theory", "prealgebra", "precalculus")
+
+
+def _read_math(task: GenerativeTask, directory: Path) -> list[Item]:
+  """MATH's test split: one JSON object per problem, MATH/test/<subject>/<number>.json, in
+  subject and then problem-number order. The gold answer is the solution's last \\boxed{}; an
+  item whose solution has none is kept, and counted as `no_gold_answer`."""
+  paths = sorted(directory.glob("*/*.json"),
+                 key=lambda p: (p.parent.name, int(p.stem) if p.stem.isdigit() else -1, p.stem))
+  if not paths:
+    raise TaskDataError(f"{task.name}: {directory} has no <subject>/<number>.json files; "
+                        f"{task.title} is published at {task.published}")
+  items = []
+  for path in paths:
+    source = f"{path}:1"
+    try:
+      r = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+      raise TaskDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(r, dict):
+      raise TaskDataError(f"{source}: expected a JSON object, got {type(r).__name__}")
+    problem, solution = field(r, "problem", source), field(r, "solution", source)
+    field(r, "level", source)
+    field(r, "type", source)
+    boxed = last_boxed(solution)
+    gold = normalize_math_answer(boxed) if boxed is not None else ""
+    items.append(Item(source, f"Problem:\n{problem}\n\nSolution:", answers=(gold,) if gold else (),
+                      gold=boxed or "", subset=path.parent.name))
+  return items
+
+
+def _read_humaneval(task: GenerativeTask, path: Path) -> list[Item]:
+  """HumanEval: the model completes the item's prompt (a signature and docstring); the program
+  runs the item's `check` on its entry point."""
+  items = []
+  for source, r in _read_json_lines(path):
+    prompt, test = field(r, "prompt", source), field(r, "test", source)
+    entry_point = field(r, "entry_point", source)
+    field(r, "canonical_solution", source)
+    if not entry_point.isidentifier():
+      raise TaskDataError(f"{source}: field 'entry_point' should be a Python name, got "
+                          f"{entry_point!r}")
+    items.append(Item(source, prompt, program_prefix=prompt,
+                      program_suffix=f"\n{test}\ncheck({entry_point})\n",
+                      task_id=field(r, "task_id", source)))
+  return items
+
+
+# Austin et al. 2021 (section 2.1): tasks 1-10 are for prompts, 11-510 are the test split; the
+# paper's three shots are tasks 2, 3 and 4.
+MBPP_TEST_IDS = range(11, 511)
+MBPP_SHOT_IDS = (2, 3, 4)
+
+
+def _mbpp_prompt(text: str, tests: Sequence[str]) -> str:
+  # Austin et al. 2021, figure 1's prompt, as the harness's mbpp doc_to_text.
+  return (f"You are an expert Python programmer, and here is your task: {text} Your code should "
+          "pass these tests:\n\n" + "\n".join(tests) + "\n[BEGIN]\n")
+
+
+def _read_mbpp_records(task: GenerativeTask, path: Path) -> list[tuple[int, Item]]:
+  items = []
+  for source, r in _read_json_lines(path):
+    task_id = field(r, "task_id", source, int)
+    tests = strings(r, "test_list", source)
+    if not tests:
+      raise TaskDataError(f"{source}: field 'test_list' is empty")
+    setup = field(r, "test_setup_code", source)
+    code = field(r, "code", source)
+    items.append((task_id, Item(source, _mbpp_prompt(field(r, "text", source), tests),
+                                target=code + "\n[DONE]",
+                                program_suffix="\n" + setup + "\n" + "\n".join(tests) + "\n",
+                                task_id=str(task_id))))
+  return items
+
+
+def _read_mbpp(task: GenerativeTask, path: Path) -> list[Item]:
+  """MBPP's test split (task ids 11-510) of the released mbpp.jsonl."""
+  return [item for task_id, item in _read_mbpp_records(task, path) if task_id in MBPP_TEST_IDS]
+
+
+def _mbpp_shots(task: GenerativeTask, data_dir: Path) -> list[Item]:
+  by_id = dict(_read_mbpp_records(task, require_file(task, data_dir, task.files[0])))
+  if missing := [i for i in MBPP_SHOT_IDS if i not in by_id]:
+    raise TaskDataError(f"{task.name}: {task.files[0]} lacks task ids {missing}, the paper's "
+                        "three shots")
+  return [by_id[i] for i in MBPP_SHOT_IDS]
+
+
+# Wei et al. 2022 (chain of thought), the 8 exemplars Minerva and the harness's gsm8k_cot use for
+# GSM8k: (question, worked answer ending "The answer is N.").
+GSM8K_SHOTS = (
+    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After "
+     "they are done, there will be 21 trees. How many trees did the grove workers plant today?",
+     "There are 15 trees originally. Then there were 21 trees after some more were planted. So "
+     "there must have been 21 - 15 = 6. The answer is 6."),
+    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the "
+     "parking lot?",
+     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5."),
+    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have "
+     "left in total?",
+     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. "
+     "After eating 35, they had 74 - 35 = 39. The answer is 39."),
+    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many "
+     "lollipops did Jason give to Denny?",
+     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny "
+     "20 - 12 = 8. The answer is 8."),
+    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys "
+     "does he have now?",
+     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more "
+     "toys. 5 + 4 = 9. The answer is 9."),
+    ("There were nine computers in the server room. Five more computers were installed each day, "
+     "from monday to thursday. How many computers are now in the server room?",
+     "There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * "
+     "4 = 20 computers were added. 9 + 20 is 29. The answer is 29."),
+    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. "
+     "How many golf balls did he have at the end of wednesday?",
+     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After "
+     "losing 2 more, he had 35 - 2 = 33 golf balls. The answer is 33."),
+    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has "
+     "23 - 15 dollars left. 23 - 15 is 8. The answer is 8."),
+)
+
+# Lewkowycz et al. 2022 (Minerva), appendix D's 4-shot MATH prompt, as the harness's minerva_math
+# (its utils.list_fewshot_samples): (problem, solution ending "Final Answer: ...").
+MATH_SHOTS = (
+    ("Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.",
+     "The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so "
+     "$x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, "
+     "so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is "
+     "$\\boxed{[2,5)}$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct."),
+    ("If $\\det \\mathbf{A} = 2$ and $\\det \\mathbf{B} = 12,$ then find "
+     "$\\det (\\mathbf{A} \\mathbf{B}).$",
+     "We have that $\\det (\\mathbf{A} \\mathbf{B}) = (\\det \\mathbf{A})(\\det \\mathbf{B}) = "
+     "(2)(12) = \\boxed{24}.$\nFinal Answer: The final answer is $24$. I hope it is correct."),
+    ("Terrell usually lifts two 20-pound weights 12 times. If he uses two 15-pound weights "
+     "instead, how many times must Terrell lift them in order to lift the same total weight?",
+     "If Terrell lifts two 20-pound weights 12 times, he lifts a total of "
+     "$2\\cdot 12\\cdot20=480$ pounds of weight.  If he lifts two 15-pound weights instead for "
+     "$n$ times, he will lift a total of $2\\cdot15\\cdot n=30n$ pounds of weight.  Equating this "
+     "to 480 pounds, we can solve for $n$:\n\\begin{align*}\n30n&=480\\\\\n\\Rightarrow\\qquad "
+     "n&=480/30=\\boxed{16}\n\\end{align*}\nFinal Answer: The final answer is $16$. I hope it is "
+     "correct."),
+    ("If the system of equations\n\n\\begin{align*}\n6x-4y&=a,\\\\\n6y-9x &=b.\n\\end{align*}has "
+     "a solution $(x, y)$ where $x$ and $y$ are both nonzero,\nfind $\\frac{a}{b},$ assuming $b$ "
+     "is nonzero.",
+     "If we multiply the first equation by $-\\frac{3}{2}$, we obtain\n\n$$6y-9x=-\\frac{3}{2}a.$$"
+     "Since we also know that $6y-9x=b$, we have\n\n$$-\\frac{3}{2}a=b\\Rightarrow\\frac{a}{b}="
+     "\\boxed{-\\frac{2}{3}}.$$\nFinal Answer: The final answer is $-\\frac{2}{3}$. I hope it is "
+     "correct."),
+)
+
+
+def _gsm8k_shots(task: GenerativeTask, data_dir: Path) -> list[Item]:
+  return [Item("gsm8k prompt", f"Q: {q}\nA:", a) for q, a in GSM8K_SHOTS]
+
+
+def _math_shots(task: GenerativeTask, data_dir: Path) -> list[Item]:
+  return [Item("Minerva prompt", f"Problem:\n{p}\n\nSolution:", s) for p, s in MATH_SHOTS]
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+def normalize_qa_answer(text: str) -> str:
+  """SQuAD's answer normalization (Rajpurkar et al. 2016, its evaluation script), used for
+  NaturalQuestions and TriviaQA exact match: lower case, no punctuation, no articles (a, an,
+  the), single spaces."""
+  text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
+  text = re.sub(r"\b(a|an|the)\b", " ", text)
+  return " ".join(text.split())
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def qa_exact_match(prediction: str, answers: Sequence[str]) -> float:
+  """1 if the prediction equals any accepted answer once both are normalized; 0 if nothing of
+  it is left to compare."""
+  predicted = normalize_qa_answer(prediction)
+  return float(bool(predicted) and any(predicted == normalize_qa_answer(a) for a in answers))
+
+
+_NUMBER = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
+
+
+def _canonical_number(text: str) -> str | None:
+  """A number as one string per value ("1,000.50" and "1000.5" alike), or None."""
+  try:
+    value = Decimal(text.replace(",", "").replace("$", ""))
+  except InvalidOperation:
+    return None
+  if not value.is_finite():
+    return None
+  return format(value.normalize() if value else Decimal(0), "f")  # -0 and 0.00 are 0
+
+
+def _gsm8k_gold(answer: str) -> str | None:
+  if "####" not in answer:
+    return None
+  match = re.search(_NUMBER, answer.split("####")[-1])
+  return _canonical_number(match.group()) if match else None
+
+
+def extract_gsm8k_answer(completion: str) -> str | None:
+  """The number a GSM8k completion answers with, canonical (no commas or "$"; "18.00" is "18"):
+  the one after the first "The answer is" (the shots' wording) or "####" (the dataset's), else
+  the last number in the text; None when there is no number."""
+  stated = re.search(rf"(?:the answer is|####)\s*:?\s*\$?\s*({_NUMBER})", completion,
+                     re.IGNORECASE)
+  if stated:
+    return _canonical_number(stated.group(1))
+  numbers = re.findall(_NUMBER, completion)
+  return _canonical_number(numbers[-1]) if numbers else None
+
+
+def last_boxed(text: str) -> str | None:
+  """The contents of the last \\boxed{...} (or \\fbox{...}) in `text`, braces matched; "\\boxed 5"
+  (no braces) gives the text up to the next "$" or the end. None when there is none, or its
+  braces do not close."""
+  starts = [m for m in re.finditer(r"\\(?:boxed|fbox)\b", text)]
+  if not starts:
+    return None
+  position = starts[-1].end()
+  if text[position:position + 1] == " " and text[position:].lstrip()[:1] != "{":
+    return text[position + 1:].split("$")[0].strip() or None
+  position += len(text[position:]) - len(text[position:].lstrip())
+  if text[position:position + 1] != "{":
+    return None
+  depth = 0
+  for index in range(position, len(text)):
+    depth += {"{": 1, "}": -1}.get(text[index], 0)
+    if depth == 0:
+      return text[position + 1:index]
+  return None
+
+
+def _latex_argument(text: str, position: int) -> tuple[str, int] | None:
+  """The LaTeX argument at `position` (a {group}, a \\command or one character) and where it
+  ends; None at the end of the text, or at a brace that does not close."""
+  if position >= len(text):
+    return None
+  if command := re.match(r"\\[a-zA-Z]+", text[position:]):
+    return command.group(), position + command.end()
+  if text[position] != "{":
+    return text[position], position + 1
+  depth = 0
+  for index in range(position, len(text)):
+    depth += {"{": 1, "}": -1}.get(text[index], 0)
+    if depth == 0:
+      return text[position + 1:index], index + 1
+  return None
+
+
+def _brace_arguments(text: str, command: str, count: int) -> str:
+  """`command`'s first `count` arguments in braces: \\frac12 -> \\frac{1}{2}, \\frac\\pi2 ->
+  \\frac{\\pi}{2}, \\sqrt3 -> \\sqrt{3}, \\sqrt[3]x -> \\sqrt[3]{x}; nested ones too."""
+  out, copied = [], 0
+  while (found := text.find(command, copied)) >= 0:
+    position = found + len(command)
+    if text.startswith("[", position) and "]" in text[position:]:
+      position = text.index("]", position) + 1  # a root's index
+    out.append(text[copied:position])
+    for _ in range(count):
+      argument = _latex_argument(text, position)
+      if argument is None:
+        break
+      out.append("{" + _brace_arguments(argument[0], command, count) + "}")
+      position = argument[1]
+    copied = position
+  out.append(text[copied:])
+  return "".join(out)
+
+
+def normalize_math_answer(answer: str) -> str:
+  """A MATH answer in one canonical form, as Hendrycks et al. 2021's is_equiv compares them (its
+  strip_string, rewritten here): no spaces, \\left/\\right, \\!, degrees, "\\$" or "%"; units in a
+  trailing \\text{ ...} dropped; dfrac/tfrac as frac, \\frac12 as \\frac{1}{2}, \\sqrt3 as
+  \\sqrt{3}; a leading 0 on ".5"; 0.5 as \\frac{1}{2}; a/b of integers as \\frac{a}{b}; "x = 5"
+  as 5. Ours besides: a trailing "." and surrounding "$" go too, and a \\text{unit} after the
+  value even without its space."""
+  s = answer.replace("\\$", "").strip().strip("$")
+  s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+  s = s.replace("tfrac", "frac").replace("dfrac", "frac")
+  s = s.replace("\\left", "").replace("\\right", "")
+  s = s.replace("^{\\circ}", "").replace("^\\circ", "")
+  s = s.replace("\\%", "").replace("%", "")
+  if "\\text{ " in s:
+    s = s.split("\\text{ ")[0]  # "5 \text{ cm}": a unit after a space, as Hendrycks et al.
+  s = re.sub(r"(?<=\S)\s*\\(?:text|mbox)\{\s*[a-zA-Z ]*\}$", "", s)
+  s = s.replace(" .", " 0.").replace("{.", "{0.")
+  if s.startswith("."):
+    s = "0" + s
+  if s.count("=") == 1 and len(s.split("=")[0].strip()) <= 2:
+    s = s.split("=")[1]  # "x = 5", "k=5": a short name and its value
+  s = s.replace(" ", "")  # before, unlike Hendrycks et al.: "\sqrt 3" is \sqrt{3}, not \sqrt{}3
+  s = _brace_arguments(s, "\\sqrt", 1)
+  s = _brace_arguments(s, "\\frac", 2)
+  s = s.rstrip(".")
+  if s == "0.5":
+    s = "\\frac{1}{2}"
+  if re.fullmatch(r"-?\d+/\d+", s):
+    numerator, denominator = s.split("/")
+    s = f"\\frac{{{numerator}}}{{{denominator}}}"
+  return s
+
+
+def extract_math_answer(completion: str) -> str | None:
+  """The normalized answer of a MATH completion: what follows "Final Answer: The final answer is"
+  (the Minerva shots' last line) on its line, up to "I hope it is correct", else the last
+  \\boxed{}; None when there is neither, or it is empty."""
+  marker = "Final Answer: The final answer is"
+  if marker in completion:
+    line = completion.split(marker, 1)[1].split("\n", 1)[0]
+    answer = line.split("I hope", 1)[0].strip().rstrip(".").strip()
+  else:
+    answer = last_boxed(completion)
+  if answer is not None and last_boxed(answer) is not None:
+    answer = last_boxed(answer)  # "The final answer is $\\boxed{5}$"
+  if answer is None:
+    return None
+  return normalize_math_answer(answer) or None
+
+
+def majority_vote(answers: Sequence[str | None]) -> str | None:
+  """The most frequent answer (Wang et al. 2022's self-consistency, Minerva's maj1@k). Samples
+  without an answer do not vote; a tie goes to the answer that came first; None if none voted."""
+  counts = collections.Counter(a for a in answers if a is not None)
+  if not counts:
+    return None
+  top = max(counts.values())
+  return next(a for a in answers if a is not None and counts[a] == top)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Chen et al. 2021's unbiased pass@k from n samples of which c passed:
+  1 - C(n-c, k) / C(n, k), as the product 1 - prod_{i=n-c+1}^{n} (1 - k/i), which stays exact
+  where the binomials overflow."""
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+  if n - c < k:
+    return 1.0
+  return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOptions:
+  """What scoring needs beyond items and completions (the sandbox's settings, for code)."""
+
+  ks: tuple[int, ...] = (1,)
+  workers: int = 8
+  timeout_s: float = 3.0
+  progress: bool = False
+
+
+Scored = tuple[dict[str, float], dict]  # an item's metrics, and what its log shows besides
+
+
+def score_qa(task: GenerativeTask, items: Sequence[Item], completions: Sequence[Sequence[str]],
+             options: ScoreOptions) -> list[Scored]:
+  """Exact match of the first completion against every accepted answer, both normalized as
+  SQuAD's evaluation does (the paper's "exact match after normalizing answers"; the harness
+  instead ignores case, punctuation and, for nq_open only, articles by regular expressions)."""
+  scored = []
+  for item, texts in zip(items, completions, strict=True):
+    prediction = texts[0].strip()
+    values = {"exact_match": qa_exact_match(prediction, item.answers),
+              "no_answer": float(not normalize_qa_answer(prediction))}
+    scored.append((values, {"prediction": prediction, "gold": list(item.answers)}))
+  return scored
+
+
+def score_final_answer(task: GenerativeTask, items: Sequence[Item],
+                       completions: Sequence[Sequence[str]], options: ScoreOptions
+                       ) -> list[Scored]:
+  """GSM8k and MATH: the first sample's answer (exact_match, Minerva's maj1@1) and, with k > 1
+  samples, the majority answer of all k (maj1@k). An item whose solution has no answer counts in
+  `no_gold_answer` and in nothing else; `no_answer` is the share of items whose first sample has
+  none (scored wrong), `no_answer_samples` the share of samples without one."""
+  scored = []
+  for item, texts in zip(items, completions, strict=True):
+    extracted = [task.extract(text) for text in texts]
+    logged = {"extracted": extracted, "gold": item.gold,
+              "gold_normalized": item.answers[0] if item.answers else None}
+    if not item.answers:
+      scored.append((by_subset({"no_gold_answer": 1.0}, item), logged))
+      continue
+    gold = item.answers[0]
+    values = {"exact_match": float(extracted[0] == gold), "no_answer": float(extracted[0] is None),
+              "no_gold_answer": 0.0}
+    if len(texts) > 1:
+      vote = majority_vote(extracted)
+      values[f"maj1@{len(texts)}"] = float(vote == gold)
+      values["no_answer_samples"] = sum(a is None for a in extracted) / len(texts)
+      logged["majority"] = vote
+    scored.append((by_subset(values, item), logged))
+  return scored
+
+
+SANDBOX_FAULTS = ("timeout", "killed", "denied")
+
+
+def score_code(task: GenerativeTask, items: Sequence[Item], completions: Sequence[Sequence[str]],
+               options: ScoreOptions) -> list[Scored]:
+  """Every sample's program run against the item's tests in the sandbox; pass@k (Chen et al.
+  2021) for each k of the task up to the number of samples. Samples that timed out, were killed
+  or were refused an operation count as failed, and each is reported (`sandbox_timeout`...)."""
+  from llama_jax.eval.sandbox import run_many  # written beside this module; imported when used
+
+  programs = [item.program_prefix + text + item.program_suffix
+              for item, texts in zip(items, completions, strict=True) for text in texts]
+  results = run_many(programs, workers=options.workers, timeout_s=options.timeout_s,
+                     progress=options.progress)
+  if len(results) != len(programs):
+    raise RuntimeError(f"the sandbox returned {len(results)} results for {len(programs)} programs")
+  scored, start = [], 0
+  for texts in completions:
+    outcomes = results[start:start + len(texts)]
+    start += len(texts)
+    n, c = len(outcomes), sum(bool(r.passed) for r in outcomes)
+    values = {f"pass@{k}": pass_at_k(n, c, k) for k in options.ks if k <= n}
+    statuses = [r.status for r in outcomes]
+    values |= {f"sandbox_{fault}": statuses.count(fault) / n for fault in SANDBOX_FAULTS}
+    scored.append((values, {"passed": [bool(r.passed) for r in outcomes], "statuses": statuses}))
+  return scored
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerativeTask:
+  """A generative benchmark: its files, prompts, the paper's generation settings, its scoring."""
+
+  name: str
+  title: str
+  published: str  # where the released files come from, for "file not found" messages
+  harness_task: str | None  # the lm-evaluation-harness task whose prompts these are
+  files: tuple[str, ...]  # the evaluated split, relative to --data_dir ("dir/" for a directory)
+  read: Callable[[GenerativeTask, Path], list[Item]]
+  settings: GenerationSettings  # the paper's (section 3 and the work it follows), see the table
+  score: Callable[..., list[Scored]]
+  default_fewshot: int = 0
+  # Shots drawn at random per item from this split (the harness's default sampler); where it is
+  # missing, from the evaluated split (a warning says so): an item is never its own shot.
+  fewshot_files: tuple[str, ...] = ()
+  # Or the same fixed shots for every item, the first num_fewshot of them (first_n).
+  fixed_shots: Callable[[GenerativeTask, Path], list[Item]] | None = None
+  description: str = ""  # before the shots, as the harness's
+  target_delimiter: str = " "  # between a shot's prompt and its target
+  fewshot_delimiter: str = "\n\n"  # after each shot
+  extract: Callable[[str], str | None] | None = None  # the answer of a completion (math)
+  ks: tuple[int, ...] = (1,)  # the k of pass@k (code)
+  paper_fewshot: tuple[int, ...] = ()  # the paper's shot counts, where it reports several
+  paper_metric: str = "exact_match"  # which metric the paper reports for this task
+  paper_7b: float | None = None  # LLaMA-7B's score in the paper; LLAMA_FACTS.md has none of them
+
+  def items(self, data_dir: Path) -> list[Item]:
+    """The evaluated split's items."""
+    return self.read(self, require_file(self, Path(data_dir), self.files[0]))
+
+  def prompts(self, items: Sequence[Item], data_dir: Path, num_fewshot: int,
+              seed: int = FEWSHOT_SEED) -> tuple[list[str], str]:
+    """Each item's prompt with the description and `num_fewshot` shots before it, as the harness
+    builds them; and where its shots came from."""
+    data_dir = Path(data_dir)
+    if num_fewshot < 0:
+      raise ValueError(f"{self.name}: num_fewshot={num_fewshot} should be 0 or more")
+    if num_fewshot == 0:
+      return [self.description + item.prompt for item in items], "no shots"
+    if self.fixed_shots is not None:
+      shots = self.fixed_shots(self, data_dir)
+      if num_fewshot > len(shots):
+        raise ValueError(f"{self.name}: num_fewshot={num_fewshot}, but its prompt has "
+                         f"{len(shots)} shots")
+      prefix = self.description + "".join(map(self._demonstration, shots[:num_fewshot]))
+      return [prefix + item.prompt for item in items], f"the first {num_fewshot} fixed shots"
+    if not self.fewshot_files:
+      raise ValueError(f"{self.name} has no shots; run it with num_fewshot=0")
+    pool_file = Path(data_dir) / self.fewshot_files[0]
+    if not pool_file.is_file():
+      log.warning("%s: %s not found; drawing shots from the evaluated split %s, each item kept "
+                  "out of its own shots", self.name, pool_file, self.files[0])
+      pool, origin = self.items(data_dir), f"{self.files[0]} (the item left out)"
+    else:
+      pool, origin = self.read(self, pool_file), self.fewshot_files[0]
+    rng = random.Random(seed)
+    prompts = []
+    for item in items:
+      shots = _draw_shots(self, item, pool, num_fewshot, rng)
+      prompts.append(self.description + "".join(map(self._demonstration, shots)) + item.prompt)
+    return prompts, origin
+
+  def _demonstration(self, shot: Item) -> str:
+    return shot.prompt + self.target_delimiter + shot.target + self.fewshot_delimiter
+
+
+def _draw_shots(task: GenerativeTask, item: Item, pool: list[Item], num_fewshot: int,
+                rng: random.Random) -> list[Item]:
+  """The harness's default sampler for a task evaluated on a validation split (its nq_open and
+  triviaqa): one item more than needed drawn at random, copies of the item dropped, the first
+  `num_fewshot` kept; if dropping left too few, a redraw from the others."""
+  if len(pool) < num_fewshot + 1:
+    raise TaskDataError(f"{task.name}: num_fewshot={num_fewshot} needs {num_fewshot + 1} items "
+                        f"to draw shots from, but there are {len(pool)}")
+  shots = [s for s in rng.sample(pool, num_fewshot + 1) if not s.same_item(item)]
+  if len(shots) < num_fewshot:
+    shots = rng.sample([s for s in pool if not s.same_item(item)], num_fewshot)
+  return shots[:num_fewshot]
+
+
+_NQ = ("https://github.com/google-research-datasets/natural-questions (nq_open/NQ-open.dev.jsonl "
+       "and NQ-open.train.jsonl)")
+_TRIVIAQA = ("https://nlp.cs.washington.edu/triviaqa/ (triviaqa-rc.tar.gz unpacked in "
+             "triviaqa-rc/, triviaqa-unfiltered.tar.gz)")
+_GSM8K = "https://github.com/openai/grade-school-math (grade_school_math/data/test.jsonl)"
+_MATH = "https://github.com/hendrycks/math (MATH.tar, unpacked: MATH/test/<subject>/<n>.json)"
+_HUMANEVAL = "https://github.com/openai/human-eval (data/HumanEval.jsonl.gz)"
+_MBPP = ("https://github.com/google-research/google-research/tree/master/mbpp "
+         "(mbpp.jsonl)")
+
+# Stop sequences, from the harness's task files (nq_open.yaml, triviaqa/default.yaml,
+# gsm8k-cot.yaml, minerva_math_*.yaml, humaneval.yaml: Chen et al. 2021's, mbpp.yaml).
+_QA_STOP = ("\n", ".", ",")
+_GSM8K_STOP = ("Q:", "</s>", "<|im_end|>")
+_MATH_STOP = ("Problem:",)
+_HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+_MBPP_STOP = ("[DONE]",)
+
+# The paper's settings for each task, with their sources:
+#
+# task                shots  samples  temp  top_p  max_new  metric     source
+# nq_open, triviaqa   0*     1        0     -      32       EM         paper 3.2: greedy; *0, 1, 5,
+#                                                                      64 shots reported
+# gsm8k               8      1        0     -      256      maj1@1     paper 3.4 follows Minerva
+# gsm8k_maj100        8      100      0.6   0.95   256      maj1@100   (Lewkowycz et al. 2022): 8
+#                                                                      CoT shots, T=0.6, p=0.95
+# math                4      1        0     -      512      maj1@1     Minerva's 4-shot prompt
+# math_maj256         4      256      0.6   0.95   512      maj1@256
+# humaneval           0      1        0.1   0.95   512      pass@1     paper 3.5: pass@1 at T=0.1,
+# humaneval_pass100   0      200      0.8   0.95   512      pass@100   pass@100 at 0.8; n=200 and
+#                                                                      p=0.95 as Chen et al. 2021
+# mbpp                3      1        0.1   0.95   512      pass@1     paper 3.5; Austin et al.
+# mbpp_pass80         3      80       0.8   0.95   512      pass@80    2021: 3 shots, 80 samples
+#
+# Ours where the papers are silent: max_new_tokens (answers end at their stop sequences long
+# before), one sample for pass@1 at T=0.1 (nearly greedy).
+_QA = GenerationSettings(max_new_tokens=32, stop=_QA_STOP)
+_GSM8K_SETTINGS = GenerationSettings(max_new_tokens=256, stop=_GSM8K_STOP)
+_MATH_SETTINGS = GenerationSettings(max_new_tokens=512, stop=_MATH_STOP)
+_HUMANEVAL_SETTINGS = GenerationSettings(max_new_tokens=512, temperature=0.1, top_p=0.95,
+                                         stop=_HUMANEVAL_STOP)
+_MBPP_SETTINGS = GenerationSettings(max_new_tokens=512, temperature=0.1, top_p=0.95,
+                                    stop=_MBPP_STOP)
+
+
+def _sampled(settings: GenerationSettings, num_samples: int, temperature: float,
+             top_p: float) -> GenerationSettings:
+  return dataclasses.replace(settings, num_samples=num_samples, temperature=temperature,
+                             top_p=top_p)
+
+
+def _nq_open(name: str, settings: GenerationSettings) -> GenerativeTask:
+  return GenerativeTask(
+      name, "NaturalQuestions (open)", _NQ, "nq_open", ("nq_open/NQ-open.dev.jsonl",),
+      _read_nq_open, settings, score_qa, fewshot_files=("nq_open/NQ-open.train.jsonl",),
+      description="Answer these questions:\n\n", fewshot_delimiter="\n",
+      paper_fewshot=(0, 1, 5, 64))
+
+
+def _triviaqa(name: str, files: tuple[str, str]) -> GenerativeTask:
+  return GenerativeTask(
+      name, "TriviaQA", _TRIVIAQA, "triviaqa", files[:1], _read_triviaqa, _QA, score_qa,
+      fewshot_files=files[1:], paper_fewshot=(0, 1, 5, 64))
+
+
+def _gsm8k(name: str, settings: GenerationSettings, metric: str) -> GenerativeTask:
+  return GenerativeTask(
+      name, "GSM8k", _GSM8K, "gsm8k_cot", ("gsm8k/test.jsonl",), _read_gsm8k, settings,
+      score_final_answer, default_fewshot=8, fixed_shots=_gsm8k_shots,
+      extract=extract_gsm8k_answer, paper_metric=metric)
+
+
+def _math(name: str, settings: GenerationSettings, metric: str) -> GenerativeTask:
+  return GenerativeTask(
+      name, "MATH", _MATH, "minerva_math", ("MATH/test/",), _read_math, settings,
+      score_final_answer, default_fewshot=4, fixed_shots=_math_shots,
+      extract=extract_math_answer, paper_metric=metric)
+
+
+def _humaneval(name: str, settings: GenerationSettings, ks: tuple[int, ...],
+               metric: str) -> GenerativeTask:
+  return GenerativeTask(
+      name, "HumanEval", _HUMANEVAL, "humaneval", ("humaneval/HumanEval.jsonl.gz",),
+      _read_humaneval, settings, score_code, ks=ks, paper_metric=metric)
+
+
+def _mbpp(name: str, settings: GenerationSettings, ks: tuple[int, ...],
+          metric: str) -> GenerativeTask:
+  return GenerativeTask(
+      name, "MBPP", _MBPP, "mbpp", ("mbpp/mbpp.jsonl",), _read_mbpp, settings, score_code,
+      default_fewshot=3, fixed_shots=_mbpp_shots, target_delimiter="", ks=ks, paper_metric=metric)
+
+
+GENERATIVE_TASKS: dict[str, GenerativeTask] = {task.name: task for task in (
+    _nq_open("nq_open", _QA),
+    # The paper reports TriviaQA's filtered dev set (the rc release's Wikipedia questions);
+    # triviaqa_unfiltered is the unfiltered web dev set.
+    _triviaqa("triviaqa", ("triviaqa-rc/qa/wikipedia-dev.json",
+                           "triviaqa-rc/qa/wikipedia-train.json")),
+    _triviaqa("triviaqa_unfiltered", ("triviaqa-unfiltered/unfiltered-web-dev.json",
+                                      "triviaqa-unfiltered/unfiltered-web-train.json")),
+    _gsm8k("gsm8k", _GSM8K_SETTINGS, "exact_match"),
+    _gsm8k("gsm8k_maj100", _sampled(_GSM8K_SETTINGS, 100, 0.6, 0.95), "maj1@100"),
+    _math("math", _MATH_SETTINGS, "exact_match"),
+    _math("math_maj256", _sampled(_MATH_SETTINGS, 256, 0.6, 0.95), "maj1@256"),
+    _humaneval("humaneval", _HUMANEVAL_SETTINGS, (1,), "pass@1"),
+    _humaneval("humaneval_pass100", _sampled(_HUMANEVAL_SETTINGS, 200, 0.8, 0.95),
+               (1, 10, 100), "pass@100"),
+    _mbpp("mbpp", _MBPP_SETTINGS, (1,), "pass@1"),
+    _mbpp("mbpp_pass80", _sampled(_MBPP_SETTINGS, 80, 0.8, 0.95), (1, 10, 80), "pass@80"),
+)}
+
+
+def get_generative_task(name: str) -> GenerativeTask:
+  """A task of GENERATIVE_TASKS by name; an unknown name is refused with the known ones listed."""
+  if name not in GENERATIVE_TASKS:
+    raise ValueError(f"unknown generative task {name!r}; known: {', '.join(GENERATIVE_TASKS)}")
+  return GENERATIVE_TASKS[name]
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GenerativeResult(TaskResult):
+  settings: GenerationSettings | None = None
+  fewshot_source: str = ""
+
+  def as_json(self) -> dict:
+    values = super().as_json()
+    if self.settings is not None:
+      values["generation"] = dataclasses.asdict(self.settings) | {"stop": list(self.settings.stop)}
+    values["fewshot_source"] = self.fewshot_source
+    return values
+
+
+def _check_completions(completions, prompts: Sequence[str], num_samples: int) -> None:
+  if not isinstance(completions, list) or len(completions) != len(prompts):
+    count = len(completions) if isinstance(completions, list) else type(completions).__name__
+    raise ValueError(f"generate returned {count} results for {len(prompts)} prompts")
+  for index, texts in enumerate(completions):
+    if (not isinstance(texts, list) or len(texts) != num_samples
+        or not all(isinstance(t, str) for t in texts)):
+      raise ValueError(f"generate returned {texts!r} for prompt {index}; expected a list of "
+                       f"{num_samples} strings")
+
+
+def evaluate_generative(generate: Generate, task: GenerativeTask | str, data_dir: Path, *,
+                        num_fewshot: int | None = None, limit: int | None = None,
+                        num_samples: int | None = None, temperature: float | None = None,
+                        top_p: float | None = None, top_k: int | None = None,
+                        max_new_tokens: int | None = None, prompts_per_call: int | None = None,
+                        workers: int = 8, timeout_s: float = 3.0, seed: int = FEWSHOT_SEED,
+                        progress: bool = True) -> GenerativeResult:
+  """Generates for the first `limit` items (all by default) of a task's evaluated split and
+  scores the completions.
+
+  The task's settings (the paper's) hold unless overridden; fewer samples than the paper's give
+  pass@k for the k that still fit, and maj1@num_samples. `prompts_per_call` splits the prompts
+  into several `generate` calls (all at once by default; a seeded generator may draw the same
+  random streams in each call); `workers` and `timeout_s` are the sandbox's, for code.
+  """
+  if isinstance(task, str):
+    task = get_generative_task(task)
+  num_fewshot = task.default_fewshot if num_fewshot is None else num_fewshot
+  overrides = {"num_samples": num_samples, "temperature": temperature, "top_p": top_p,
+               "top_k": top_k, "max_new_tokens": max_new_tokens}
+  settings = dataclasses.replace(task.settings,
+                                 **{k: v for k, v in overrides.items() if v is not None})
+  if settings.num_samples > 1 and settings.temperature == 0:
+    raise ValueError(f"{task.name}: num_samples={settings.num_samples} with greedy decoding "
+                     "(temperature 0) repeats one completion, which maj1@k and pass@k cannot use; "
+                     "sample with a temperature above 0")
+  items = task.items(data_dir)[:limit]
+  if not items:
+    raise ValueError(f"{task.name}: no items to evaluate in {', '.join(task.files)}")
+  prompts, fewshot_source = task.prompts(items, data_dir, num_fewshot, seed)
+  step = prompts_per_call or len(prompts)
+  completions: list[list[str]] = []
+  with tqdm(total=len(prompts), desc=task.name, unit="item", disable=not progress,
+            dynamic_ncols=True) as bar:
+    for start in range(0, len(prompts), step):
+      chunk = prompts[start:start + step]
+      generated = generate(chunk, settings)
+      _check_completions(generated, chunk, settings.num_samples)
+      completions += generated
+      bar.update(len(chunk))
+  options = ScoreOptions(ks=task.ks, workers=workers, timeout_s=timeout_s, progress=progress)
+  scored = task.score(task, items, completions, options)
+  per_metric: dict[str, list[float]] = {}
+  samples = []
+  for item, prompt, texts, (values, logged) in zip(items, prompts, completions, scored,
+                                                   strict=True):
+    for name, value in values.items():
+      per_metric.setdefault(name, []).append(value)
+    samples.append({"source": item.source, **({"task_id": item.task_id} if item.task_id else {}),
+                    "prompt": prompt, "completions": texts, **logged, **values})
+  metrics = {name: aggregate(values) for name, values in per_metric.items()}
+  return GenerativeResult(task, num_fewshot, metrics, len(items), samples, settings,
+                          fewshot_source)
