@@ -48,18 +48,26 @@ def _same_segment(segment_ids: jax.Array) -> jax.Array:
   return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
 
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
+  """Plain-JAX attention of q [batch, q, heads, d] over k, v [batch, k, heads, d], each query
+  seeing the keys where `visible` (boolean, broadcast to [batch, heads, q, k]) holds.
+
+  Also what generation uses, where a few new queries attend to a longer KV cache.
+  """
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  scores = jnp.where(visible, scores * q.shape[-1] ** -0.5, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
 def _xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
                    causal: bool) -> jax.Array:
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-  scores = scores * q.shape[-1] ** -0.5
-  visible = jnp.ones(scores.shape[-2:], dtype=bool)
+  visible = jnp.ones((q.shape[1], k.shape[1]), dtype=bool)
   if causal:
     visible = jnp.tril(visible)
   if segment_ids is not None:
     visible = visible & _same_segment(segment_ids)
-  scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  return masked_attention(q, k, v, visible)
 
 
 def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,

@@ -15,14 +15,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from llama_jax.attention import IMPLEMENTATIONS, dot_product_attention
-from llama_jax.sharding import HIDDEN, LOGITS, PER_HEAD, RESIDUAL, constrain, shard_locally
+from llama_jax.attention import IMPLEMENTATIONS, dot_product_attention, masked_attention
+from llama_jax.sharding import (
+    HIDDEN,
+    KV_CACHE,
+    LOGITS,
+    PER_HEAD,
+    RESIDUAL,
+    constrain,
+    shard_locally,
+)
 
 REMAT_POLICIES = ("none", "full", "save_linear")
 
@@ -119,10 +128,12 @@ class RMSNorm(nnx.Module):
     return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
 
 
-def rope_angles(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-  """cos and sin of the rotation angles, each [length, head_dim // 2] float32."""
+def rope_angles(positions: jax.Array, head_dim: int,
+                theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos and sin of the rotation angles at integer `positions` [batch, seq] (batch may be 1),
+  each [batch, seq, head_dim // 2] float32."""
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-  angles = jnp.outer(jnp.arange(length, dtype=jnp.float32), inv_freq)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
   return jnp.cos(angles), jnp.sin(angles)
 
 
@@ -134,7 +145,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   """
   pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
   even, odd = pairs[..., 0], pairs[..., 1]
-  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
   rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
   return rotated.reshape(x.shape).astype(x.dtype)
 
@@ -152,14 +163,31 @@ class Attention(nnx.Module):
     self.wo = _param(rngs, (config.n_heads, config.head_dim, config.dim), ("heads", "kv", "embed"),
                      config)
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  def _project(self, x: jax.Array, cos: jax.Array,
+               sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     q = apply_rope(_linear(x, self.wq, "btd,dhk->bthk", "query", PER_HEAD), cos, sin)
     k = apply_rope(_linear(x, self.wk, "btd,dhk->bthk", "key", PER_HEAD), cos, sin)
     v = _linear(x, self.wv, "btd,dhk->bthk", "value", PER_HEAD)
+    return q, k, v
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     attend = functools.partial(dot_product_attention, causal=True,
                                implementation=self.implementation)
-    out = shard_locally(attend, (PER_HEAD,) * 3, PER_HEAD)(q, k, v)
+    out = shard_locally(attend, (PER_HEAD,) * 3, PER_HEAD)(*self._project(x, cos, sin))
     return _linear(out, self.wo, "bthk,hkd->btd", "attention_out", RESIDUAL)
+
+  def decode(self, x: jax.Array, cos: jax.Array, sin: jax.Array, cache: KVCache, layer: jax.Array,
+             index: jax.Array, visible: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Attention of x's tokens, written to cache slots index.., over the cached keys `visible`
+    to them ([batch, 1, new tokens, cache slots])."""
+    q, k, v = self._project(x, cos, sin)
+    # Only the new slots of the stacked cache are written: under the decode loop XLA updates the
+    # cache in place instead of copying it once per layer.
+    cache = KVCache(*(constrain(jax.lax.dynamic_update_slice(
+        stacked, new[None].astype(stacked.dtype), (layer, 0, index, 0, 0)), KV_CACHE)
+        for stacked, new in zip(cache, (k, v), strict=True)))
+    out = masked_attention(q, cache.keys[layer], cache.values[layer], visible)
+    return _linear(out, self.wo, "bthk,hkd->btd", "attention_out", RESIDUAL), cache
 
 
 class FeedForward(nnx.Module):
@@ -189,6 +217,13 @@ class Block(nnx.Module):
     x = x + self.attention(self.attention_norm(x), cos, sin)
     return x + self.feed_forward(self.ffn_norm(x))
 
+  def decode(self, x: jax.Array, cos: jax.Array, sin: jax.Array, cache: KVCache, layer: jax.Array,
+             index: jax.Array, visible: jax.Array) -> tuple[jax.Array, KVCache]:
+    attended, cache = self.attention.decode(self.attention_norm(x), cos, sin, cache, layer, index,
+                                            visible)
+    x = x + attended
+    return x + self.feed_forward(self.ffn_norm(x)), cache
+
 
 def _remat(fn, policy: str):
   if policy == "none":
@@ -215,31 +250,78 @@ class Llama(nnx.Module):
     self.norm = RMSNorm(config, rngs=rngs)
     self.output = _param(rngs, (config.dim, config.vocab_size), ("embed", "vocab"), config)
 
-  def __call__(self, tokens: jax.Array) -> jax.Array:
-    config = self.config
+  def _embed(self, tokens: jax.Array) -> jax.Array:
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be integers shaped [batch, seq], got {tokens.dtype}"
                        f"{list(tokens.shape)}")
-    if tokens.shape[1] > config.context_length:
-      raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.context_length "
-                       f"{config.context_length}")
-    dtype = jnp.dtype(config.dtype)
     # The table is gathered over `fsdp` first (as ZeRO-3 gathers any weight before use); its
     # vocabulary stays split over `tensor`, where each device looks up the tokens it holds.
     table = constrain(self.embedding[...], ("vocab", None))
-    x = constrain(jnp.take(table, tokens, axis=0).astype(dtype), RESIDUAL)
-    cos, sin = rope_angles(tokens.shape[1], config.head_dim, config.rope_theta)
+    return constrain(jnp.take(table, tokens, axis=0).astype(self.config.dtype), RESIDUAL)
 
+  def _logits(self, x: jax.Array) -> jax.Array:
+    logits = jnp.einsum("btd,dv->btv", self.norm(x), self.output[...].astype(x.dtype),
+                        preferred_element_type=jnp.float32)
+    return constrain(logits, LOGITS)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    config = self.config
+    x = self._embed(tokens)
+    if tokens.shape[1] > config.context_length:
+      raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.context_length "
+                       f"{config.context_length}")
+    cos, sin = rope_angles(jnp.arange(tokens.shape[1])[None], config.head_dim, config.rope_theta)
     block_def, block_state = nnx.split(self.layers)
 
     def layer(x, state):
       return constrain(nnx.merge(block_def, state)(x, cos, sin), RESIDUAL), None
 
     x, _ = jax.lax.scan(_remat(layer, config.remat), x, block_state)
-    x = self.norm(x)
-    logits = jnp.einsum("btd,dv->btv", x, self.output[...].astype(dtype),
-                        preferred_element_type=jnp.float32)
-    return constrain(logits, LOGITS)
+    return self._logits(x)
+
+  def decode(self, tokens: jax.Array, cache: KVCache, index: jax.Array,
+             padding: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Generation with a KV cache: the logits after the last of `tokens` [batch, new], and the
+    cache with their keys and values written to slots index .. index + new - 1.
+
+    Row b's first `padding[b]` cache slots are left padding: never attended to, and the row's
+    positions (for RoPE) count from its first real slot, so a left-padded prompt gives the logits
+    its unpadded self would.
+    """
+    config = self.config
+    x = self._embed(tokens)
+    slots = index + jnp.arange(tokens.shape[1])
+    positions = jnp.maximum(slots[None, :] - padding[:, None], 0)
+    cos, sin = rope_angles(positions, config.head_dim, config.rope_theta)
+    keys = jnp.arange(cache.keys.shape[2])
+    visible = (keys[None, None, :] <= slots[None, :, None]) & (
+        keys[None, None, :] >= padding[:, None, None])
+    visible = visible[:, None]  # [batch, 1 (heads), new, slots]
+    block_def, block_state = nnx.split(self.layers)
+
+    def layer(carry, inputs):
+      x, cache = carry
+      state, index_of_layer = inputs
+      x, cache = nnx.merge(block_def, state).decode(x, cos, sin, cache, index_of_layer, index,
+                                                    visible)
+      return (constrain(x, RESIDUAL), cache), None
+
+    (x, cache), _ = jax.lax.scan(layer, (x, cache),
+                                 (block_state, jnp.arange(config.n_layers)))
+    return self._logits(x[:, -1:])[:, 0], cache
+
+
+class KVCache(NamedTuple):
+  """Keys and values of every layer, [layers, batch, slots, heads, head_dim] each."""
+
+  keys: jax.Array
+  values: jax.Array
+
+
+def empty_cache(config: ModelConfig, batch: int, slots: int) -> KVCache:
+  """A zero KV cache for `batch` rows of `slots` tokens, in the compute dtype."""
+  shape = (config.n_layers, batch, slots, config.n_heads, config.head_dim)
+  return KVCache(*(constrain(jnp.zeros(shape, config.dtype), KV_CACHE) for _ in range(2)))
 
 
 def abstract_model(config: ModelConfig) -> Llama:

@@ -37,6 +37,7 @@ PER_HEAD = ("batch", "length", "heads", "kv")  # q, k, v and the attention outpu
 HIDDEN = ("batch", "length", "mlp")  # SwiGLU's hidden units
 LOGITS = ("batch", "length", "vocab")
 TOKENS = ("batch", "length")
+KV_CACHE = ("layers", "batch", "length", "heads", "kv")  # generation's keys and values
 
 
 def logical_rules(sequence_parallel: bool) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
@@ -190,6 +191,17 @@ def check_fits(model_config, mesh_sizes: Mapping[str, int], batch_size: int,
                     "one, or set mesh.sequence_parallel=False")
   if problems:
     raise ValueError("the model does not fit the mesh:\n  " + "\n  ".join(problems))
+
+
+def batch_ways(mesh: Mesh) -> int:
+  """Devices the batch is split over (data x fsdp)."""
+  return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
+def host_rows(rows, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host array that every process holds whole: each device takes its
+  slice (works on any number of hosts)."""
+  return jax.make_array_from_callback(rows.shape, sharding, lambda index: rows[index])
 
 
 def with_shardings(shapes, shardings):

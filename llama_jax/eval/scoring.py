@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from llama_jax.convert import load_model
 from llama_jax.eval.tasks import Request
 from llama_jax.model import ModelConfig, abstract_model
-from llama_jax.sharding import BATCH_AXES, TOKENS, MeshRules, activation_sharding
+from llama_jax.sharding import TOKENS, MeshRules, activation_sharding, batch_ways, host_rows
 from llama_jax.tokenizer import Tokenizer
 
 MIN_BUCKET = 32
@@ -85,7 +85,7 @@ class Scorer:
 
   def __post_init__(self):
     mesh = self.mesh_rules.mesh
-    ways = int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+    ways = batch_ways(mesh)
     self.batch_size = -(-self.batch_size // ways) * ways
     self.graphdef = nnx.graphdef(abstract_model(self.model_config))
     rows = self.mesh_rules.sharding(TOKENS)
@@ -106,10 +106,6 @@ class Scorer:
   @property
   def max_length(self) -> int:
     return self.model_config.context_length
-
-  def _device_rows(self, rows: np.ndarray) -> jax.Array:
-    # Every process holds the same rows; each device takes its slice (works on any host count).
-    return jax.make_array_from_callback(rows.shape, self._row_sharding, lambda index: rows[index])
 
   def loglikelihood_tokens(
       self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -138,8 +134,8 @@ class Scorer:
         targets[row, :len(tgt)] = tgt
         scored[row, len(tgt) - n_scored:len(tgt)] = True
       self.compiled_lengths.add(length)
-      lls, greedy = jax.device_get(self._score(self.params, *map(self._device_rows,
-                                                                 (inputs, targets, scored))))
+      lls, greedy = jax.device_get(self._score(self.params, *(
+          host_rows(rows, self._row_sharding) for rows in (inputs, targets, scored))))
       for row, i in enumerate(chunk):
         results[i] = (float(lls[row]), bool(greedy[row]))
         if on_done:

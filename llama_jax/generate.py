@@ -1,0 +1,388 @@
+"""Sampling from a LLaMA with a KV cache: `python -m llama_jax.generate --ckpt=DIR --prompt=...`.
+
+A batch of prompts is left-padded to a common length, prefilled in one call (each row's keys and
+values go into the cache, its positions counted from its own first token), then extended one
+token per step, each step reading the cache instead of recomputing the prefix. Every shape is
+static: prompts are padded to one of a few lengths (as scoring's), and the decode loop runs in
+jitted chunks of `CHUNK` steps; between chunks the host looks for EOS and stop sequences and ends
+the batch once every row has finished. Rows are split over the mesh's batch axes and the model
+over `tensor`, as in evaluation.
+
+Decoding is greedy at temperature 0, else sampling from softmax(logits / temperature) restricted
+to the top-k tokens and to the smallest set whose probability reaches top-p. Each row's random
+stream depends only on the seed, the row's prompt index and sample number, and the step, so a
+sample does not change with the batch it is drawn in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from llama_jax import distributed
+from llama_jax.convert import LoadedModel, load_model
+from llama_jax.model import KVCache, ModelConfig, abstract_model, empty_cache
+from llama_jax.sharding import (
+    KV_CACHE,
+    TOKENS,
+    MeshRules,
+    activation_sharding,
+    batch_ways,
+    host_rows,
+    parse_mesh,
+)
+from llama_jax.tokenizer import Tokenizer
+
+CHUNK = 16  # decode steps per jitted call: one host check for EOS / stop sequences per chunk
+MIN_PROMPT_BUCKET = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+  """How to continue each prompt."""
+
+  max_new_tokens: int = 256
+  temperature: float = 0.0  # 0: greedy
+  top_p: float = 1.0  # 1: off
+  top_k: int = 0  # 0: off
+  num_samples: int = 1  # completions per prompt
+  stop: tuple[str, ...] = ()  # a completion ends before the first of these (and at EOS)
+
+  def __post_init__(self):
+    problems = []
+    if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+      problems.append(f"max_new_tokens={self.max_new_tokens!r} must be a positive integer")
+    if self.temperature < 0:
+      problems.append(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
+    if not 0 < self.top_p <= 1:
+      problems.append(f"top_p={self.top_p} must be in (0, 1] (1 is off)")
+    if self.top_k < 0:
+      problems.append(f"top_k={self.top_k} must be >= 0 (0 is off)")
+    if self.num_samples < 1:
+      problems.append(f"num_samples={self.num_samples} must be >= 1")
+    if any(not s for s in self.stop):
+      problems.append("stop sequences must be non-empty strings")
+    if problems:
+      raise ValueError("generation settings: " + "; ".join(problems))
+
+
+class Sampling(NamedTuple):
+  """What the jitted steps depend on (the rest of GenerationSettings is the host's business)."""
+
+  temperature: float
+  top_p: float
+  top_k: int
+
+
+def sample_tokens(logits: jax.Array, keys: jax.Array, temperature: float, top_p: float,
+                  top_k: int) -> jax.Array:
+  """Next tokens [batch] from logits [batch, vocab] float32, one PRNG key per row; top-k first,
+  then top-p over what is left (as transformers' processors)."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1:
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    # A token is kept when the tokens more likely than it hold less than top_p: the smallest set
+    # reaching top_p, and always the most likely token.
+    kept = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+def _row_keys(seed: jax.Array, row_ids: jax.Array, step: jax.Array) -> jax.Array:
+  base = jax.random.key(seed)
+  return jax.vmap(lambda row: jax.random.fold_in(jax.random.fold_in(base, row), step))(row_ids)
+
+
+def _prefill(graphdef: nnx.GraphDef, sampling: Sampling, slots: int, params: nnx.State,
+             tokens: jax.Array, padding: jax.Array, row_ids: jax.Array,
+             seed: jax.Array) -> tuple[jax.Array, KVCache]:
+  """The prompts into a fresh cache of `slots` tokens; the first generated token per row."""
+  model = nnx.merge(graphdef, params)
+  cache = empty_cache(model.config, tokens.shape[0], slots)
+  logits, cache = model.decode(tokens, cache, jnp.int32(0), padding)
+  first = sample_tokens(logits, _row_keys(seed, row_ids, jnp.int32(0)), *sampling)
+  return first, cache
+
+
+def _decode_chunk(graphdef: nnx.GraphDef, sampling: Sampling, params: nnx.State,
+                  cache: KVCache, token: jax.Array, index: jax.Array, padding: jax.Array,
+                  row_ids: jax.Array, seed: jax.Array,
+                  step: jax.Array) -> tuple[jax.Array, KVCache]:
+  """CHUNK decode steps: `token` (generated, not yet read) goes into slot `index`, and so on.
+
+  Returns the CHUNK tokens sampled [batch, CHUNK] and the cache.
+  """
+  model = nnx.merge(graphdef, params)
+
+  def one_step(carry, offset):
+    token, cache = carry
+    logits, cache = model.decode(token[:, None], cache, index + offset, padding)
+    token = sample_tokens(logits, _row_keys(seed, row_ids, step + offset), *sampling)
+    return (token, cache), token
+
+  (_, cache), tokens = jax.lax.scan(one_step, (token, cache), jnp.arange(CHUNK))
+  return tokens.T, cache
+
+
+def _prompt_length(longest: int, limit: int) -> int:
+  """The padded prompt length for a batch whose longest prompt has `longest` tokens."""
+  length = MIN_PROMPT_BUCKET
+  while length < longest:
+    length *= 2
+  return min(length, limit)
+
+
+def _cut(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+  """`text` up to the first stop sequence, and whether one was found."""
+  ends = [i for i in (text.find(s) for s in stop) if i >= 0]
+  return (text[:min(ends)], True) if ends else (text, False)
+
+
+@dataclasses.dataclass
+class Completion:
+  """One generated continuation of a prompt."""
+
+  text: str  # cut before the first stop sequence
+  tokens: list[int]  # what the model generated, up to EOS or the stop sequence's last token
+  finish: str  # "eos", "stop" (a stop sequence) or "length" (max_new_tokens reached)
+
+
+@dataclasses.dataclass
+class Generator:
+  """A model, its tokenizer and a mesh: continuations of prompts."""
+
+  model_config: ModelConfig
+  params: nnx.State  # placed with the shardings of `mesh_rules`
+  tokenizer: Tokenizer
+  mesh_rules: MeshRules
+  batch_size: int = 16  # rows per call; rounded up to a multiple of the mesh's batch ways
+  description: str = ""
+  truncated_prompts: int = 0  # prompts cut on the left to leave room for max_new_tokens
+
+  def __post_init__(self):
+    ways = batch_ways(self.mesh_rules.mesh)
+    self.batch_size = -(-self.batch_size // ways) * ways
+    self.graphdef = nnx.graphdef(abstract_model(self.model_config))
+    rules = self.mesh_rules
+    rows, cache = rules.sharding(TOKENS), rules.sharding(KV_CACHE)
+    row = rules.sharding(TOKENS[:1])
+    replicated = NamedSharding(rules.mesh, PartitionSpec())
+    params = jax.tree.map(lambda x: x.sharding, self.params)
+    cache = KVCache(cache, cache)
+    self._prefill = jax.jit(_prefill, static_argnums=(0, 1, 2),
+                            in_shardings=(params, rows, row, row, replicated),
+                            out_shardings=(row, cache))
+    self._decode = jax.jit(_decode_chunk, static_argnums=(0, 1),
+                           in_shardings=(params, cache, row, replicated, row, row, replicated,
+                                         replicated),
+                           out_shardings=(rows, cache), donate_argnums=(3,))
+
+  def _call(self, function: Callable, *args):
+    with activation_sharding(self.mesh_rules):
+      return function(self.graphdef, *args)
+
+  def generate_tokens(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings,
+                      seed: int = 0, progress: bool = False) -> list[list[Completion]]:
+    """`settings.num_samples` completions of each prompt (token ids, BOS included)."""
+    limit = self.model_config.context_length - settings.max_new_tokens
+    if limit < 1:
+      raise ValueError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in "
+                       f"the model's context of {self.model_config.context_length} tokens")
+    rows = []  # (prompt index, sample number, tokens)
+    for p, prompt in enumerate(prompts):
+      if not prompt:
+        raise ValueError(f"prompt {p} is empty (give at least BOS)")
+      if len(prompt) > limit:
+        self.truncated_prompts += 1
+        logging.warning("prompt %d has %d tokens; keeping its last %d (context %d - "
+                        "max_new_tokens %d)", p, len(prompt), limit,
+                        self.model_config.context_length, settings.max_new_tokens)
+      rows += [(p, s, list(prompt)[-limit:]) for s in range(settings.num_samples)]
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][2]))
+    results: list[list[Completion | None]] = [[None] * settings.num_samples for _ in prompts]
+    bar = tqdm(total=len(rows), desc="generating", unit="sample", disable=not progress,
+               dynamic_ncols=True)
+    with bar:
+      for start in range(0, len(order), self.batch_size):
+        batch = [rows[i] for i in order[start:start + self.batch_size]]
+        for (p, s, _), completion in zip(batch, self._generate_batch(batch, settings, seed,
+                                                                     limit), strict=False):
+          results[p][s] = completion
+        bar.update(len(batch))
+    return results
+
+  def _generate_batch(self, batch: list[tuple[int, int, list[int]]], settings: GenerationSettings,
+                      seed: int, limit: int) -> list[Completion]:
+    length = _prompt_length(len(batch[0][2]), limit)
+    steps = -(-(settings.max_new_tokens - 1) // CHUNK) * CHUNK  # decode steps after the prefill
+    tokens = np.zeros((self.batch_size, length), np.int32)
+    padding = np.full((self.batch_size,), length, np.int32)  # unused rows: all padding
+    row_ids = np.zeros((self.batch_size,), np.int32)
+    for r, (p, s, prompt) in enumerate(batch):
+      tokens[r, length - len(prompt):] = prompt
+      padding[r] = length - len(prompt)
+      row_ids[r] = p * settings.num_samples + s
+    rules = self.mesh_rules
+    tokens, padding, row_ids = (host_rows(a, rules.sharding(TOKENS[:a.ndim]))
+                                for a in (tokens, padding, row_ids))
+    seed = jnp.uint32(seed)
+    sampling = Sampling(settings.temperature, settings.top_p, settings.top_k)
+    token, cache = self._call(self._prefill, sampling, length + steps, self.params, tokens,
+                              padding, row_ids, seed)
+    prompts = [prompt for _, _, prompt in batch]
+    generated = [[int(t)] for t in jax.device_get(token)[:len(batch)]]
+    finished = [self._finished(p, g, settings) for p, g in zip(prompts, generated, strict=True)]
+    for step in range(1, settings.max_new_tokens, CHUNK):
+      if all(finished):
+        break
+      chunk, cache = self._call(self._decode, sampling, self.params, cache, token,
+                                jnp.int32(length + step - 1), padding, row_ids, seed,
+                                jnp.int32(step))
+      token = chunk[:, -1]
+      for r, new in enumerate(jax.device_get(chunk)[:len(batch)]):
+        if not finished[r]:
+          generated[r] += [int(t) for t in new]
+          finished[r] = self._finished(prompts[r], generated[r], settings)
+    return [self._completion(p, g, settings) for p, g in zip(prompts, generated, strict=True)]
+
+  def _finished(self, prompt: list[int], generated: list[int],
+                settings: GenerationSettings) -> bool:
+    return (len(generated) >= settings.max_new_tokens or self.tokenizer.eos_id in generated
+            or _cut(self._continuation_text(prompt, generated), settings.stop)[1])
+
+  def _completion(self, prompt: list[int], generated: list[int],
+                  settings: GenerationSettings) -> Completion:
+    generated = generated[:settings.max_new_tokens]
+    finish = "length"
+    if self.tokenizer.eos_id in generated:
+      generated, finish = generated[:generated.index(self.tokenizer.eos_id)], "eos"
+    text, stopped = _cut(self._continuation_text(prompt, generated), settings.stop)
+    if stopped:
+      # The tokens up to the one that completed the stop sequence (the chunk ran past it).
+      finish, generated = "stop", next(
+          generated[:n] for n in range(1, len(generated) + 1)
+          if _cut(self._continuation_text(prompt, generated[:n]), settings.stop)[1])
+    return Completion(text, generated, finish)
+
+  def _continuation_text(self, prompt: list[int], generated: list[int]) -> str:
+    # SentencePiece drops the leading space of the first piece it decodes, so the continuation
+    # alone would lose a space (or an indentation level of code): decode it after its prompt.
+    prompt_text = self.tokenizer.decode(prompt)
+    whole = self.tokenizer.decode(prompt + generated)
+    return (whole[len(prompt_text):] if whole.startswith(prompt_text)
+            else self.tokenizer.decode(generated))
+
+  def generate(self, prompts: Sequence[str], settings: GenerationSettings, seed: int = 0,
+               progress: bool = False) -> list[list[str]]:
+    """`settings.num_samples` completions (text after the prompt, cut before a stop sequence)
+    of each prompt, encoded with BOS."""
+    encoded = [self.tokenizer.encode(prompt, bos=True) for prompt in prompts]
+    completions = self.generate_tokens(encoded, settings, seed, progress)
+    return [[c.text for c in per_prompt] for per_prompt in completions]
+
+
+def load_generator(ckpt: str | Path, *, batch_size: int = 16, **load_args) -> Generator:
+  """A Generator for any checkpoint `llama_jax.convert.load_model` reads."""
+  loaded: LoadedModel = load_model(ckpt, **load_args)
+  return Generator(loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
+                   batch_size, loaded.description)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+_CKPT = flags.DEFINE_string("ckpt", None, "a training run directory (or its checkpoints/STEP), "
+                            "or a Hugging Face LLaMA directory with tokenizer.model", required=True)
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "a prompt (repeat the flag for several)")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "a JSONL file of {\"prompt\": ...} "
+                                    "lines, or a text file with one prompt per line")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "tokens to generate at most",
+                                       lower_bound=1)
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 decodes greedily", lower_bound=0)
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1: off)")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "sample among the k likeliest tokens (0: off)",
+                              lower_bound=0)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "completions per prompt", lower_bound=1)
+_STOP = flags.DEFINE_multi_string("stop", [], "end a completion before this string (repeatable)")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "rows per model call", lower_bound=1)
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "SentencePiece model (default: the run's "
+                                 "data.tokenizer, or tokenizer.model in a Hugging Face directory)")
+_DTYPE = flags.DEFINE_string("dtype", None, "compute dtype (default: the checkpoint's)")
+_MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "device mesh: rows are split over "
+                            "data x fsdp, the model over fsdp and tensor (-1: the rest)")
+_OUTPUT = flags.DEFINE_string("output", None, "also write {prompt, completions} JSONL here")
+
+
+def _read_prompts(path: Path) -> list[str]:
+  lines = path.read_text(encoding="utf-8").splitlines()
+  if path.suffix != ".jsonl":
+    return [line for line in lines if line.strip()]
+  prompts = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+      raise ValueError(f"{path}:{number}: expected an object with a string field \"prompt\"")
+    prompts.append(record["prompt"])
+  return prompts
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  try:
+    prompts = list(_PROMPT.value)
+    if _PROMPTS_FILE.value:
+      prompts += _read_prompts(Path(_PROMPTS_FILE.value))
+    if not prompts:
+      raise ValueError("give --prompt=TEXT (repeatable) or --prompts_file=FILE")
+    settings = GenerationSettings(_MAX_NEW_TOKENS.value, _TEMPERATURE.value, _TOP_P.value,
+                                  _TOP_K.value, _NUM_SAMPLES.value, tuple(_STOP.value))
+    distributed.initialize_from_flags()
+    generator = load_generator(_CKPT.value, batch_size=_BATCH_SIZE.value,
+                               tokenizer=_TOKENIZER.value, dtype=_DTYPE.value,
+                               mesh_config=parse_mesh(_MESH.value))
+  except (ValueError, FileNotFoundError) as error:
+    raise app.UsageError(str(error)) from None
+  completions = generator.generate(prompts, settings, _SEED.value,
+                                   progress=jax.process_index() == 0)
+  if jax.process_index() != 0:
+    return
+  for prompt, texts in zip(prompts, completions, strict=True):
+    for text in texts:
+      print(f"{prompt}\033[1m{text}\033[0m" if sys.stdout.isatty() else prompt + text)
+      print("-" * 40)
+  if generator.truncated_prompts:
+    print(f"{generator.truncated_prompts} prompt(s) were cut on the left to fit the context")
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w") as f:
+      for prompt, texts in zip(prompts, completions, strict=True):
+        f.write(json.dumps({"prompt": prompt, "completions": texts}) + "\n")
+    print(f"completions written to {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
