@@ -72,8 +72,8 @@ class GenerationSettings:
       problems.append(f"top_k={self.top_k} must be >= 0 (0 is off)")
     if self.num_samples < 1:
       problems.append(f"num_samples={self.num_samples} must be >= 1")
-    if any(not s for s in self.stop):
-      problems.append("stop sequences must be non-empty strings")
+    if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+      problems.append(f"stop={self.stop!r} must be a tuple of non-empty strings")
     if problems:
       raise ValueError("generation settings: " + "; ".join(problems))
 

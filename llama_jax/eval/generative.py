@@ -35,8 +35,6 @@ from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from tqdm import tqdm
-
 from llama_jax.eval.harness import TaskResult, aggregate
 from llama_jax.eval.tasks import (
   FEWSHOT_SEED,
@@ -46,37 +44,9 @@ from llama_jax.eval.tasks import (
   require_file,
   strings,
 )
+from llama_jax.generate import GenerationSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationSettings:
-  """How completions are drawn: greedy at temperature 0, else sampled (top-p, top-k)."""
-
-  max_new_tokens: int = 256  # lm-evaluation-harness's max_gen_toks
-  temperature: float = 0.0  # 0 = greedy
-  top_p: float = 1.0
-  top_k: int = 0  # 0 = off
-  num_samples: int = 1
-  stop: tuple[str, ...] = ()
-
-  def __post_init__(self):
-    problems = []
-    if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-      problems.append(f"max_new_tokens={self.max_new_tokens!r} should be a positive integer")
-    if self.temperature < 0:
-      problems.append(f"temperature={self.temperature} should be 0 (greedy) or more")
-    if not 0 < self.top_p <= 1:
-      problems.append(f"top_p={self.top_p} should be in (0, 1]")
-    if self.top_k < 0:
-      problems.append(f"top_k={self.top_k} should be 0 (off) or more")
-    if self.num_samples < 1:
-      problems.append(f"num_samples={self.num_samples} should be at least 1")
-    if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
-      problems.append(f"stop={self.stop!r} should be a tuple of non-empty strings")
-    if problems:
-      raise ValueError("generation settings: " + "; ".join(problems))
 
 
 Generate = Callable[[list[str], GenerationSettings], list[list[str]]]
@@ -885,18 +855,17 @@ def evaluate_generative(generate: Generate, task: GenerativeTask | str, data_dir
                         num_fewshot: int | None = None, limit: int | None = None,
                         num_samples: int | None = None, temperature: float | None = None,
                         top_p: float | None = None, top_k: int | None = None,
-                        max_new_tokens: int | None = None, prompts_per_call: int | None = None,
-                        workers: int | None = None, timeout_s: float = CODE_TIMEOUT_S,
-                        seed: int = FEWSHOT_SEED,
+                        max_new_tokens: int | None = None, workers: int | None = None,
+                        timeout_s: float = CODE_TIMEOUT_S, seed: int = FEWSHOT_SEED,
                         progress: bool = True) -> GenerativeResult:
   """Generates for the first `limit` items (all by default) of a task's evaluated split and
   scores the completions.
 
   The task's settings (the paper's) hold unless overridden; fewer samples than the paper's give
-  pass@k for the k that still fit, and maj1@num_samples. `prompts_per_call` splits the prompts
-  into several `generate` calls (all at once by default; a seeded generator may draw the same
-  random streams in each call); `workers` (default: one per CPU) and `timeout_s` are the
-  sandbox's, for code.
+  pass@k for the k that still fit, and maj1@num_samples. Every prompt goes to one `generate`
+  call (which shows its own progress): a seeded generator's random streams follow the prompt's
+  index in the call. `workers` (default: one per CPU) and `timeout_s` are the sandbox's, for
+  code.
   """
   if isinstance(task, str):
     task = get_generative_task(task)
@@ -913,16 +882,8 @@ def evaluate_generative(generate: Generate, task: GenerativeTask | str, data_dir
   if not items:
     raise ValueError(f"{task.name}: no items to evaluate in {', '.join(task.files)}")
   prompts, fewshot_source = task.prompts(items, data_dir, num_fewshot, seed)
-  step = prompts_per_call or len(prompts)
-  completions: list[list[str]] = []
-  with tqdm(total=len(prompts), desc=task.name, unit="item", disable=not progress,
-            dynamic_ncols=True) as bar:
-    for start in range(0, len(prompts), step):
-      chunk = prompts[start:start + step]
-      generated = generate(chunk, settings)
-      _check_completions(generated, chunk, settings.num_samples)
-      completions += generated
-      bar.update(len(chunk))
+  completions = generate(prompts, settings)
+  _check_completions(completions, prompts, settings.num_samples)
   options = ScoreOptions(ks=task.ks, workers=workers, timeout_s=timeout_s, progress=progress)
   scored = task.score(task, items, completions, options)
   per_metric: dict[str, list[float]] = {}
