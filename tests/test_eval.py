@@ -76,18 +76,29 @@ def _run_eval(*flags):
 
 def test_cli_writes_results_json_and_prints_the_table(hf_llama_dir, tmp_path):
   output = tmp_path / "out" / "results.json"
-  run = _run_eval(f"--ckpt={hf_llama_dir}", "--tasks=piqa", f"--data_dir={EVAL_DATA}",
-                  "--limit=6", "--dtype=float32", f"--output={output}", "--log_samples")
+  # A likelihood task beside two generative ones (one loaded model).
+  run = _run_eval(f"--ckpt={hf_llama_dir}", "--tasks=piqa,nq_open,humaneval",
+                  f"--data_dir={EVAL_DATA}", "--limit=6", "--max_new_tokens=12", "--dtype=float32",
+                  f"--output={output}", "--log_samples")
   assert run.returncode == 0, run.stderr[-3000:]
   results = json.loads(output.read_text())
-  piqa = results["results"]["piqa"]
+  piqa, nq, humaneval = (results["results"][name] for name in ("piqa", "nq_open", "humaneval"))
   assert piqa["n"] == 6 and piqa["num_fewshot"] == 0
   assert set(piqa) >= {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
   settings = results["settings"]
   assert settings["limit"] == 6 and settings["model_config"]["dtype"] == "float32"
   assert results["paper_llama_7b"]["piqa"] == {"metric": "acc_norm", "value": 79.8}
+  # A random model answers nothing right; what is checked is that every item was generated for,
+  # scored, and (code) run in the sandbox.
+  assert nq["n"] == 6 and nq["exact_match"] == 0 and nq["generation"]["max_new_tokens"] == 12
+  assert humaneval["n"] == 5 and humaneval["pass@1"] == 0  # the sample file has 5 problems
+  assert humaneval["generation"]["temperature"] == 0.1
   samples = [json.loads(line) for line in open(output.with_suffix(".samples.jsonl"))]
-  assert len(samples) == 6 and np.mean([s["acc"] for s in samples]) == pytest.approx(piqa["acc"])
+  by_task = {task: [s for s in samples if s["task"] == task] for task in results["results"]}
+  assert [len(v) for v in by_task.values()] == [6, 6, 5]
+  assert np.mean([s["acc"] for s in by_task["piqa"]]) == pytest.approx(piqa["acc"])
+  assert all(len(s["completions"]) == 1 and s["statuses"][0] in ("failed", "passed")
+             for s in by_task["humaneval"])
   row = next(line for line in run.stdout.splitlines() if line.startswith("piqa") and "*" in line)
   assert row.split()[1:3] == ["acc_norm", "*"] and row.endswith("79.8")
   assert f"{100 * piqa['acc_norm']:.2f}" in row

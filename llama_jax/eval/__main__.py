@@ -1,4 +1,8 @@
-"""`python -m llama_jax.eval --ckpt=DIR --tasks=LIST --data_dir=DIR --output=results.json`."""
+"""`python -m llama_jax.eval --ckpt=DIR --tasks=LIST --data_dir=DIR --output=results.json`.
+
+Likelihood tasks (llama_jax.eval.tasks) and generative ones (llama_jax.eval.generative) can be
+mixed in one run; the checkpoint is loaded once.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +16,29 @@ import jax
 from absl import app, flags
 
 from llama_jax import distributed
+from llama_jax.convert import load_model
+from llama_jax.eval.generative import (
+    CODE_TIMEOUT_S,
+    GENERATIVE_TASKS,
+    GenerativeTask,
+    evaluate_generative,
+)
 from llama_jax.eval.harness import evaluate_task, results_json, results_table
-from llama_jax.eval.scoring import load_scorer
-from llama_jax.eval.tasks import FEWSHOT_SEED, TaskDataError, get_tasks
+from llama_jax.eval.scoring import Scorer
+from llama_jax.eval.tasks import FEWSHOT_SEED, GROUPS, TASKS, Task, TaskDataError, get_tasks
+from llama_jax.generate import Generator
 from llama_jax.sharding import parse_mesh
 
 _CKPT = flags.DEFINE_string("ckpt", None, "a training run directory (or its checkpoints/STEP), "
                             "or a Hugging Face LLaMA directory with tokenizer.model", required=True)
-_TASKS = flags.DEFINE_list("tasks", None, "comma-separated task names (llama_jax.eval.tasks)",
-                           required=True)
+_TASKS = flags.DEFINE_list("tasks", None, "comma-separated task names (llama_jax.eval.tasks, "
+                           "llama_jax.eval.generative) and groups", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "where the benchmarks' released files are",
                                 required=True)
 _OUTPUT = flags.DEFINE_string("output", "results.json", "results file (JSON)")
 _NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "shots per item (default: the paper's "
-                                    "setting per task: 0, MMLU 5)", lower_bound=0)
+                                    "setting per task: 0, MMLU 5, GSM8k 8, MATH 4, MBPP 3)",
+                                    lower_bound=0)
 _LIMIT = flags.DEFINE_integer("limit", None, "score only the first N items of each task",
                               lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "rows per model call", lower_bound=1)
@@ -34,44 +47,85 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "SentencePiece model (defaul
 _DTYPE = flags.DEFINE_string("dtype", None, "compute dtype (default: the checkpoint's)")
 _MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "device mesh: rows are split over "
                             "data x fsdp, the model over fsdp and tensor (-1: the rest)")
-_SEED = flags.DEFINE_integer("seed", FEWSHOT_SEED, "few-shot sampling seed")
+_SEED = flags.DEFINE_integer("seed", FEWSHOT_SEED, "few-shot and sampling seed")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "generative tasks: completions per item "
+                                    "(default: the paper's, e.g. 100 for gsm8k_maj100)",
+                                    lower_bound=1)
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "generative tasks: sampling temperature "
+                                  "(default: the paper's per task)", lower_bound=0)
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "generative tasks: tokens per "
+                                       "completion at most (default: per task)", lower_bound=1)
+_SANDBOX_WORKERS = flags.DEFINE_integer("sandbox_workers", None, "code tasks: programs run at "
+                                        "once (default: one per CPU)", lower_bound=1)
+_SANDBOX_TIMEOUT = flags.DEFINE_float("sandbox_timeout_s", CODE_TIMEOUT_S, "code tasks: seconds "
+                                      "each program may run", lower_bound=0.1)
 _LOG_SAMPLES = flags.DEFINE_bool("log_samples", False, "also write every item's log-likelihoods "
                                  "and metrics to OUTPUT's name with .samples.jsonl")
+
+
+def resolve_tasks(names: list[str]) -> list[Task | GenerativeTask]:
+  """Likelihood and generative tasks by name, in the order given (groups expanded), each once."""
+  likelihood = [name for name in names if name not in GENERATIVE_TASKS]
+  if unknown := [name for name in likelihood if name not in TASKS and name not in GROUPS]:
+    raise ValueError(f"unknown tasks {unknown}; likelihood tasks: {', '.join(TASKS)}; groups: "
+                     f"{', '.join(GROUPS)}; generative tasks: {', '.join(GENERATIVE_TASKS)}")
+  tasks = []
+  for name in dict.fromkeys(names):
+    tasks += [GENERATIVE_TASKS[name]] if name in GENERATIVE_TASKS else get_tasks([name])
+  return list({task.name: task for task in tasks}.values())
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   try:
-    tasks = get_tasks(_TASKS.value)
+    tasks = resolve_tasks(_TASKS.value)
     distributed.initialize_from_flags()
-    scorer = load_scorer(_CKPT.value, tokenizer=_TOKENIZER.value, dtype=_DTYPE.value,
-                         mesh_config=parse_mesh(_MESH.value), batch_size=_BATCH_SIZE.value)
+    loaded = load_model(_CKPT.value, tokenizer=_TOKENIZER.value, dtype=_DTYPE.value,
+                        mesh_config=parse_mesh(_MESH.value))
   except (ValueError, FileNotFoundError) as error:
     raise app.UsageError(str(error)) from None
+  model = (loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
+           _BATCH_SIZE.value, loaded.description)
+  scorer, generator = Scorer(*model), Generator(*model)
+  progress = jax.process_index() == 0
+
+  def generate(prompts, settings):
+    return generator.generate(prompts, settings, seed=_SEED.value, progress=progress)
+
   results, seconds = [], {}
   for task in tasks:
     start = time.perf_counter()
     try:
-      results.append(evaluate_task(scorer, task, Path(_DATA_DIR.value),
-                                   num_fewshot=_NUM_FEWSHOT.value, limit=_LIMIT.value,
-                                   seed=_SEED.value, progress=jax.process_index() == 0))
+      if isinstance(task, GenerativeTask):
+        results.append(evaluate_generative(
+            generate, task, Path(_DATA_DIR.value), num_fewshot=_NUM_FEWSHOT.value,
+            limit=_LIMIT.value, num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,
+            max_new_tokens=_MAX_NEW_TOKENS.value, workers=_SANDBOX_WORKERS.value,
+            timeout_s=_SANDBOX_TIMEOUT.value, seed=_SEED.value, progress=progress))
+      else:
+        results.append(evaluate_task(scorer, task, Path(_DATA_DIR.value),
+                                     num_fewshot=_NUM_FEWSHOT.value, limit=_LIMIT.value,
+                                     seed=_SEED.value, progress=progress))
     except TaskDataError as error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(1)
+    except ValueError as error:  # settings that a task cannot use
+      raise app.UsageError(str(error)) from None
     seconds[task.name] = round(time.perf_counter() - start, 2)
   if jax.process_index() != 0:
     return
   settings = {
-      "ckpt": _CKPT.value, "model": scorer.description, "tokenizer": str(scorer.tokenizer.path),
-      "model_config": vars(scorer.model_config), "tasks": _TASKS.value,
+      "ckpt": _CKPT.value, "model": loaded.description, "tokenizer": str(loaded.tokenizer.path),
+      "model_config": vars(loaded.model_config), "tasks": _TASKS.value,
       "num_fewshot": _NUM_FEWSHOT.value, "limit": _LIMIT.value, "batch_size": scorer.batch_size,
-      "mesh": dict(scorer.mesh_rules.mesh.shape), "seed": _SEED.value,
+      "mesh": dict(loaded.mesh_rules.mesh.shape), "seed": _SEED.value,
       "data_dir": str(Path(_DATA_DIR.value).absolute()),
       "prompts": "lm-evaluation-harness 0.4.13 task templates", "jax": jax.__version__,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       "seconds_per_task": seconds, "compiled_lengths": sorted(scorer.compiled_lengths),
+      "truncated_prompts": generator.truncated_prompts,
   }
   output = Path(_OUTPUT.value)
   output.parent.mkdir(parents=True, exist_ok=True)
