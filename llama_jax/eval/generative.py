@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import gzip
 import json
 import logging
 import math
 import random
 import re
 import string
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -41,6 +40,8 @@ from llama_jax.eval.tasks import (
   TaskDataError,
   by_subset,
   field,
+  read_json_array,
+  read_jsonl,
   require_file,
   strings,
 )
@@ -76,60 +77,6 @@ class Item:
 # --- reading released files ------------------------------------------------------------------
 
 
-def _read_json_lines(path: Path) -> Iterator[tuple[str, dict]]:
-  """("file:line", object) for each non-empty line of a JSON-lines file, gzipped or not."""
-  opener = gzip.open if path.suffix == ".gz" else open
-  try:
-    with opener(path, "rt", encoding="utf-8") as f:
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        source = f"{path}:{number}"
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as error:
-          raise TaskDataError(f"{source}: not valid JSON ({error})") from None
-        if not isinstance(record, dict):
-          raise TaskDataError(f"{source}: expected a JSON object, got {type(record).__name__}")
-        yield source, record
-  except (OSError, EOFError, UnicodeDecodeError) as error:  # a truncated or non-gzip file
-    raise TaskDataError(f"{path}: cannot be read ({error})") from None
-
-
-def _read_json_object_array(path: Path, key: str) -> Iterator[tuple[str, dict]]:
-  """("file:line (key[i])", object) for each object of the array under `key` in a JSON file
-  holding one object (TriviaQA's {"Data": [...]}); the line is where the object starts."""
-  text = path.read_text(encoding="utf-8")
-  try:
-    document = json.loads(text)
-  except json.JSONDecodeError as error:
-    raise TaskDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-  if not isinstance(document, dict) or not isinstance(document.get(key), list):
-    raise TaskDataError(f"{path}:1: expected a JSON object with an array {key!r}")
-  # The document is walked again key by key at the top level, to know where each item starts.
-  decoder, space = json.JSONDecoder(), re.compile(r"[\s,:]*")
-  position = text.index("{") + 1
-  while True:
-    position = space.match(text, position).end()
-    name, position = decoder.raw_decode(text, position)
-    position = space.match(text, position).end()
-    if name == key:
-      break
-    _, position = decoder.raw_decode(text, position)
-  position += 1  # the array's "["
-  line = text.count("\n", 0, position) + 1
-  for index in range(len(document[key])):
-    start = space.match(text, position).end()
-    line += text.count("\n", position, start)
-    record, position = decoder.raw_decode(text, start)
-    line_after = line + text.count("\n", start, position)
-    source = f"{path}:{line} ({key}[{index}])"
-    if not isinstance(record, dict):
-      raise TaskDataError(f"{source}: expected a JSON object, got {type(record).__name__}")
-    yield source, record
-    line = line_after
-
-
 def _nonempty_strings(record: dict, name: str, source: str) -> list[str]:
   values = strings(record, name, source)
   if not values or not all(v.strip() for v in values):
@@ -141,7 +88,7 @@ def _nonempty_strings(record: dict, name: str, source: str) -> list[str]:
 def _read_nq_open(task: GenerativeTask, path: Path) -> list[Item]:
   """NQ-open: lower-cased questions without their "?", and every accepted answer."""
   items = []
-  for source, r in _read_json_lines(path):
+  for source, r in read_jsonl(path):
     answers = _nonempty_strings(r, "answer", source)
     # As the harness's nq_open: doc_to_text, and a shot's target is the first answer.
     items.append(Item(source, f"Q: {field(r, 'question', source)}?\nA:", answers[0],
@@ -158,7 +105,7 @@ def _read_triviaqa(task: GenerativeTask, path: Path) -> list[Item]:
   already ends with one; its prompt is kept as it is.
   """
   items = []
-  for source, r in _read_json_object_array(path, "Data"):
+  for source, r in read_json_array(path, "Data"):
     aliases = _nonempty_strings(r, "Answer.Aliases", source)
     accepted = [field(r, "Answer.Value", source), *aliases]
     if "NormalizedAliases" in field(r, "Answer", source, dict):
@@ -172,7 +119,7 @@ def _read_triviaqa(task: GenerativeTask, path: Path) -> list[Item]:
 def _read_gsm8k(task: GenerativeTask, path: Path) -> list[Item]:
   """GSM8k: a question, and a worked answer ending "#### <number>"."""
   items = []
-  for source, r in _read_json_lines(path):
+  for source, r in read_jsonl(path):
     question, answer = field(r, "question", source), field(r, "answer", source)
     gold = _gsm8k_gold(answer)
     if gold is None:
@@ -219,7 +166,7 @@ def _read_humaneval(task: GenerativeTask, path: Path) -> list[Item]:
   """HumanEval: the model completes the item's prompt (a signature and docstring); the program
   runs the item's `check` on its entry point."""
   items = []
-  for source, r in _read_json_lines(path):
+  for source, r in read_jsonl(path):
     prompt, test = field(r, "prompt", source), field(r, "test", source)
     entry_point = field(r, "entry_point", source)
     field(r, "canonical_solution", source)
@@ -246,7 +193,7 @@ def _mbpp_prompt(text: str, tests: Sequence[str]) -> str:
 
 def _read_mbpp_records(task: GenerativeTask, path: Path) -> list[tuple[int, Item]]:
   items = []
-  for source, r in _read_json_lines(path):
+  for source, r in read_jsonl(path):
     task_id = field(r, "task_id", source, int)
     tests = strings(r, "test_list", source)
     if not tests:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import json
 import random
 import re
@@ -102,36 +103,58 @@ def _json_object(record, source: str) -> dict:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-  """("file:line", object) for each non-empty line of a JSON-lines file."""
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      source = f"{path}:{number}"
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as error:
-        raise TaskDataError(f"{source}: not valid JSON ({error})") from None
-      yield source, _json_object(record, source)
+  """("file:line", object) for each non-empty line of a JSON-lines file, gzipped or not."""
+  opener = gzip.open if path.suffix == ".gz" else open
+  try:
+    with opener(path, "rt", encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        source = f"{path}:{number}"
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as error:
+          raise TaskDataError(f"{source}: not valid JSON ({error})") from None
+        yield source, _json_object(record, source)
+  except (OSError, EOFError, UnicodeDecodeError) as error:  # a truncated or non-gzip file
+    raise TaskDataError(f"{path}: cannot be read ({error})") from None
 
 
-def read_json_array(path: Path) -> Iterator[tuple[str, dict]]:
-  """("file:line", object) for each object of a JSON file holding one array of objects."""
+def read_json_array(path: Path, key: str | None = None) -> Iterator[tuple[str, dict]]:
+  """("file:line", object) for each object of a JSON file holding one array of objects, or
+  (with `key`) one object whose `key` holds it, as TriviaQA's {"Data": [...]}."""
   text = path.read_text(encoding="utf-8")
   try:
-    items = json.loads(text)
+    document = json.loads(text)
   except json.JSONDecodeError as error:
     raise TaskDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+  if key is None:
+    items = document
+  else:
+    items = document.get(key) if isinstance(document, dict) else None
   if not isinstance(items, list):
-    raise TaskDataError(f"{path}:1: expected a JSON array of objects, got {type(items).__name__}")
+    expected = f"object with an array {key!r}" if key else "array of objects"
+    raise TaskDataError(f"{path}:1: expected a JSON {expected}, got {type(document).__name__}")
   # Decoded again item by item, to know the line each one starts on.
-  decoder, space = json.JSONDecoder(), re.compile(r"[\s,]*")
-  position, line = text.index("[") + 1, 1
-  for _ in items:
+  decoder, space = json.JSONDecoder(), re.compile(r"[\s,:]*")
+  if key is None:
+    position = text.index("[") + 1
+  else:  # the top-level keys are walked to where `key`'s array starts
+    position = text.index("{") + 1
+    while True:
+      name, position = decoder.raw_decode(text, space.match(text, position).end())
+      position = space.match(text, position).end()
+      if name == key:
+        break
+      _, position = decoder.raw_decode(text, position)
+    position += 1  # past the array's "["
+  line = text.count("\n", 0, position) + 1
+  for index in range(len(items)):
     start = space.match(text, position).end()
     line += text.count("\n", position, start)
     record, position = decoder.raw_decode(text, start)
-    source = f"{path}:{line}"
+    # Under a key, the item's index too: such files are often one line (TriviaQA's train).
+    source = f"{path}:{line}" + (f" ({key}[{index}])" if key else "")
     yield source, _json_object(record, source)
     line += text.count("\n", start, position)
 
