@@ -234,3 +234,16 @@ def check_storage(workdir: str | Path, checkpoint_bytes: int, keep: int) -> None
     logging.warning("--workdir=%s has %.2f GB free; keeping %d checkpoints of %.2f GB needs up to "
                     "%.2f GB: saves may fail later", workdir, free / gb, keep,
                     checkpoint_bytes / gb, (keep + 1) * checkpoint_bytes / gb)
+
+
+def save_params(workdir: str | Path, params: Any, step: int = 0) -> None:
+  """Writes a checkpoint of parameters alone (conversions from other formats): item `state` =
+  {"params": params} in `workdir/checkpoints/<step>`, checksummed, which `restore_params` reads
+  as it reads a training checkpoint. `params` is laid out as training saves it (an nnx.State of
+  Params); its arrays may be numpy arrays in host memory."""
+  directory = Path(workdir).absolute() / "checkpoints"
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(directory, options=options) as manager:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
+    manager.wait_until_finished()
+  record_checksums(directory / str(step), jax.process_index())
