@@ -140,8 +140,8 @@ def test_sharded_generation_equals_one_device(model, tokenizer):
 
 
 def test_samples_do_not_depend_on_the_batch(model, tokenizer):
-  prompts = [tokenizer.encode(text, bos=True) for text in TEXTS[:3]]
-  settings = GenerationSettings(max_new_tokens=10, temperature=1.0, top_p=0.9, num_samples=3)
+  prompts = [tokenizer.encode(text, bos=True) for text in TEXTS[:2]]
+  settings = GenerationSettings(max_new_tokens=6, temperature=1.0, top_p=0.9, num_samples=2)
 
   def tokens(batch_size, seed=0):
     rows = _generator(model, tokenizer, batch_size=batch_size).generate_tokens(prompts, settings,
@@ -150,7 +150,7 @@ def test_samples_do_not_depend_on_the_batch(model, tokenizer):
 
   alone, together = tokens(1), tokens(8)
   assert alone == together
-  assert len({tuple(t) for t in alone[0]}) > 1  # the three samples of a prompt differ
+  assert alone[0][0] != alone[0][1]  # the two samples of a prompt differ
   assert tokens(8, seed=1) != together
 
 

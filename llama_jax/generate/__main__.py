@@ -32,7 +32,7 @@ _STOP = flags.DEFINE_multi_string("stop", [], "end a completion before this stri
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "rows per model call", lower_bound=1)
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "SentencePiece model (default: the run's "
-                                 "data.tokenizer, or tokenizer.model in a Hugging Face directory)")
+                                 "data.tokenizer, else tokenizer.model in the --ckpt directory)")
 _DTYPE = flags.DEFINE_string("dtype", None, "compute dtype (default: the checkpoint's)")
 _MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "device mesh: rows are split over "
                             "data x fsdp, the model over fsdp and tensor (-1: the rest)")
