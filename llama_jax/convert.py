@@ -624,6 +624,26 @@ def load_model(ckpt: str | Path, *, tokenizer: str | Path | None = None, dtype: 
   return LoadedModel(model_config, params, Tokenizer(tokenizer_file), mesh_rules, description)
 
 
+def define_model_flags() -> Callable[[], LoadedModel]:
+  """Defines the absl flags of the commands that load a model for inference (--ckpt, --tokenizer,
+  --dtype, --mesh) and returns the function that loads what they name."""
+  from absl import flags
+
+  from llama_jax.sharding import parse_mesh
+
+  ckpt = flags.DEFINE_string(
+      "ckpt", None, "a training or converted run directory (or its checkpoints/STEP), or a "
+      "Hugging Face LLaMA directory with tokenizer.model", required=True)
+  tokenizer = flags.DEFINE_string(
+      "tokenizer", None, "SentencePiece model (default: the run's data.tokenizer, else "
+      "tokenizer.model in the --ckpt directory)")
+  dtype = flags.DEFINE_string("dtype", None, "compute dtype (default: the checkpoint's)")
+  mesh = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "device mesh: rows are split "
+                             "over data x fsdp, the model over fsdp and tensor (-1: the rest)")
+  return lambda: load_model(ckpt.value, tokenizer=tokenizer.value, dtype=dtype.value,
+                            mesh_config=parse_mesh(mesh.value))
+
+
 # --- conversions -------------------------------------------------------------------------------
 
 _DTYPES = ("float32", "bfloat16", "float16")

@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 
 from llama_jax import distributed
-from llama_jax.convert import load_model
+from llama_jax.convert import define_model_flags
 from llama_jax.eval.generative import (
     CODE_TIMEOUT_S,
     GENERATIVE_TASKS,
@@ -27,10 +27,8 @@ from llama_jax.eval.harness import evaluate_task, results_json, results_table
 from llama_jax.eval.scoring import Scorer
 from llama_jax.eval.tasks import FEWSHOT_SEED, GROUPS, TASKS, Task, TaskDataError, get_tasks
 from llama_jax.generate import Generator
-from llama_jax.sharding import parse_mesh
 
-_CKPT = flags.DEFINE_string("ckpt", None, "a training run directory (or its checkpoints/STEP), "
-                            "or a Hugging Face LLaMA directory with tokenizer.model", required=True)
+_LOAD_MODEL = define_model_flags()
 _TASKS = flags.DEFINE_list("tasks", None, "comma-separated task names (llama_jax.eval.tasks, "
                            "llama_jax.eval.generative) and groups", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "where the benchmarks' released files are",
@@ -42,11 +40,6 @@ _NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "shots per item (defaul
 _LIMIT = flags.DEFINE_integer("limit", None, "score only the first N items of each task",
                               lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "rows per model call", lower_bound=1)
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "SentencePiece model (default: the run's "
-                                 "data.tokenizer, else tokenizer.model in the --ckpt directory)")
-_DTYPE = flags.DEFINE_string("dtype", None, "compute dtype (default: the checkpoint's)")
-_MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "device mesh: rows are split over "
-                            "data x fsdp, the model over fsdp and tensor (-1: the rest)")
 _SEED = flags.DEFINE_integer("seed", FEWSHOT_SEED, "few-shot and sampling seed")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "generative tasks: completions per item "
                                     "(default: the paper's, e.g. 100 for gsm8k_maj100)",
@@ -81,13 +74,11 @@ def main(argv: list[str]) -> None:
   try:
     tasks = resolve_tasks(_TASKS.value)
     distributed.initialize_from_flags()
-    loaded = load_model(_CKPT.value, tokenizer=_TOKENIZER.value, dtype=_DTYPE.value,
-                        mesh_config=parse_mesh(_MESH.value))
+    loaded = _LOAD_MODEL()
   except (ValueError, FileNotFoundError) as error:
     raise app.UsageError(str(error)) from None
-  model = (loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
-           _BATCH_SIZE.value, loaded.description)
-  scorer, generator = Scorer(*model), Generator(*model)
+  scorer = Scorer.from_loaded(loaded, _BATCH_SIZE.value)
+  generator = Generator.from_loaded(loaded, _BATCH_SIZE.value)
   progress = jax.process_index() == 0
 
   def generate(prompts, settings):
@@ -116,8 +107,9 @@ def main(argv: list[str]) -> None:
   if jax.process_index() != 0:
     return
   settings = {
-      "ckpt": _CKPT.value, "model": loaded.description, "tokenizer": str(loaded.tokenizer.path),
-      "model_config": vars(loaded.model_config), "tasks": _TASKS.value,
+      "ckpt": flags.FLAGS.ckpt, "model": loaded.description,
+      "tokenizer": str(loaded.tokenizer.path), "model_config": vars(loaded.model_config),
+      "tasks": _TASKS.value,
       "num_fewshot": _NUM_FEWSHOT.value, "limit": _LIMIT.value, "batch_size": scorer.batch_size,
       "mesh": dict(loaded.mesh_rules.mesh.shape), "seed": _SEED.value,
       "data_dir": str(Path(_DATA_DIR.value).absolute()),

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from llama_jax.convert import load_model
+from llama_jax.convert import LoadedModel, load_model
 from llama_jax.eval.tasks import Request
 from llama_jax.model import ModelConfig, abstract_model
 from llama_jax.sharding import TOKENS, MeshRules, activation_sharding, batch_ways, host_rows
@@ -103,6 +103,11 @@ class Scorer:
     self._row_sharding = rows
     self.compiled_lengths: set[int] = set()  # the padded lengths used so far
 
+  @classmethod
+  def from_loaded(cls, loaded: LoadedModel, batch_size: int = 16) -> Scorer:
+    return cls(loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
+               batch_size, loaded.description)
+
   @property
   def max_length(self) -> int:
     return self.model_config.context_length
@@ -176,7 +181,5 @@ def load_scorer(ckpt: str | Path, *, tokenizer: str | Path | None = None, dtype:
   """A Scorer for a Hugging Face LLaMA directory or a llama_jax training run (its latest or a
   given checkpoint), with the parameters sharded over the mesh (default: FSDP over every device).
   """
-  loaded = load_model(ckpt, tokenizer=tokenizer, dtype=dtype, mesh_config=mesh_config,
-                      devices=devices)
-  return Scorer(loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
-                batch_size, loaded.description)
+  return Scorer.from_loaded(load_model(ckpt, tokenizer=tokenizer, dtype=dtype,
+                                       mesh_config=mesh_config, devices=devices), batch_size)

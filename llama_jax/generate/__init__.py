@@ -192,6 +192,11 @@ class Generator:
                                          replicated),
                            out_shardings=(rows, cache), donate_argnums=(3,))
 
+  @classmethod
+  def from_loaded(cls, loaded: LoadedModel, batch_size: int = 16) -> Generator:
+    return cls(loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
+               batch_size, loaded.description)
+
   def _call(self, function: Callable, *args):
     with activation_sharding(self.mesh_rules):
       return function(self.graphdef, *args)
@@ -298,6 +303,4 @@ class Generator:
 
 def load_generator(ckpt: str | Path, *, batch_size: int = 16, **load_args) -> Generator:
   """A Generator for any checkpoint `llama_jax.convert.load_model` reads."""
-  loaded: LoadedModel = load_model(ckpt, **load_args)
-  return Generator(loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
-                   batch_size, loaded.description)
+  return Generator.from_loaded(load_model(ckpt, **load_args), batch_size)

@@ -11,13 +11,12 @@ import jax
 from absl import app, flags
 
 from llama_jax import distributed
-from llama_jax.generate import GenerationSettings, load_generator
-from llama_jax.sharding import parse_mesh
+from llama_jax.convert import define_model_flags
+from llama_jax.generate import GenerationSettings, Generator
 
 # --- command line ----------------------------------------------------------------------------
 
-_CKPT = flags.DEFINE_string("ckpt", None, "a training run directory (or its checkpoints/STEP), "
-                            "or a Hugging Face LLaMA directory with tokenizer.model", required=True)
+_LOAD_MODEL = define_model_flags()
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "a prompt (repeat the flag for several)")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "a JSONL file of {\"prompt\": ...} "
                                     "lines, or a text file with one prompt per line")
@@ -31,11 +30,6 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "completions per prompt", 
 _STOP = flags.DEFINE_multi_string("stop", [], "end a completion before this string (repeatable)")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "rows per model call", lower_bound=1)
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "SentencePiece model (default: the run's "
-                                 "data.tokenizer, else tokenizer.model in the --ckpt directory)")
-_DTYPE = flags.DEFINE_string("dtype", None, "compute dtype (default: the checkpoint's)")
-_MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "device mesh: rows are split over "
-                            "data x fsdp, the model over fsdp and tensor (-1: the rest)")
 _OUTPUT = flags.DEFINE_string("output", None, "also write {prompt, completions} JSONL here")
 
 
@@ -69,9 +63,7 @@ def main(argv: list[str]) -> None:
     settings = GenerationSettings(_MAX_NEW_TOKENS.value, _TEMPERATURE.value, _TOP_P.value,
                                   _TOP_K.value, _NUM_SAMPLES.value, tuple(_STOP.value))
     distributed.initialize_from_flags()
-    generator = load_generator(_CKPT.value, batch_size=_BATCH_SIZE.value,
-                               tokenizer=_TOKENIZER.value, dtype=_DTYPE.value,
-                               mesh_config=parse_mesh(_MESH.value))
+    generator = Generator.from_loaded(_LOAD_MODEL(), _BATCH_SIZE.value)
   except (ValueError, FileNotFoundError) as error:
     raise app.UsageError(str(error)) from None
   completions = generator.generate(prompts, settings, _SEED.value,
