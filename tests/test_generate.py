@@ -69,7 +69,7 @@ def _greedy_by_recomputation(model, prompt, max_new_tokens, eos_id):
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_greedy_equals_full_recomputation(model, tokenizer, batch_size):
-  # Prompts of 2 to 31 tokens share a batch (left padding up to 32 or 64 slots) for batch_size>1.
+  # Prompts of 2 to 22 tokens share a batch (left-padded to 32 slots) when batch_size > 1.
   prompts = [tokenizer.encode(text, bos=True) for text in TEXTS]
   generator = _generator(model, tokenizer, batch_size=batch_size)
   completions = generator.generate_tokens(prompts, GenerationSettings(max_new_tokens=21))

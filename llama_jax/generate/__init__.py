@@ -162,6 +162,45 @@ class Completion:
   finish: str  # "eos", "stop" (a stop sequence) or "length" (max_new_tokens reached)
 
 
+class _Row:
+  """One row of a batch on the host: its prompt and what was generated after it."""
+
+  def __init__(self, tokenizer: Tokenizer, prompt: list[int], generated: list[int]):
+    self.tokenizer, self.prompt, self.generated = tokenizer, prompt, generated
+    self.prompt_text = tokenizer.decode(prompt)
+
+  def text(self, generated: list[int]) -> str:
+    # SentencePiece drops the leading space of the first piece it decodes, so the continuation
+    # alone would lose a space (or an indentation level of code): decode it after its prompt.
+    whole = self.tokenizer.decode(self.prompt + generated)
+    return (whole[len(self.prompt_text):] if whole.startswith(self.prompt_text)
+            else self.tokenizer.decode(generated))
+
+  def finished(self, settings: GenerationSettings) -> bool:
+    return (len(self.generated) >= settings.max_new_tokens
+            or self.tokenizer.eos_id in self.generated
+            or _cut(self.text(self.generated), settings.stop)[1])
+
+  def completion(self, settings: GenerationSettings) -> Completion:
+    generated = self.generated[:settings.max_new_tokens]
+    finish = "length"
+    if self.tokenizer.eos_id in generated:
+      generated, finish = generated[:generated.index(self.tokenizer.eos_id)], "eos"
+    text, stopped = _cut(self.text(generated), settings.stop)
+    if stopped:
+      # The tokens up to the one that completed the stop sequence (the chunk ran past it): the
+      # shortest prefix whose text holds a stop sequence, by bisection.
+      low, high = 1, len(generated)
+      while low < high:
+        middle = (low + high) // 2
+        if _cut(self.text(generated[:middle]), settings.stop)[1]:
+          high = middle
+        else:
+          low = middle + 1
+      finish, generated = "stop", generated[:low]
+    return Completion(text, generated, finish)
+
+
 @dataclasses.dataclass
 class Generator:
   """A model, its tokenizer and a mesh: continuations of prompts."""
@@ -249,9 +288,9 @@ class Generator:
     sampling = Sampling(settings.temperature, settings.top_p, settings.top_k)
     token, cache = self._call(self._prefill, sampling, length + steps, self.params, tokens,
                               padding, row_ids, seed)
-    prompts = [prompt for _, _, prompt in batch]
-    generated = [[int(t)] for t in jax.device_get(token)[:len(batch)]]
-    finished = [self._finished(p, g, settings) for p, g in zip(prompts, generated, strict=True)]
+    rows = [_Row(self.tokenizer, prompt, [int(t)])
+            for (_, _, prompt), t in zip(batch, jax.device_get(token), strict=False)]
+    finished = [row.finished(settings) for row in rows]
     for step in range(1, settings.max_new_tokens, CHUNK):
       if all(finished):
         break
@@ -261,36 +300,9 @@ class Generator:
       token = chunk[:, -1]
       for r, new in enumerate(jax.device_get(chunk)[:len(batch)]):
         if not finished[r]:
-          generated[r] += [int(t) for t in new]
-          finished[r] = self._finished(prompts[r], generated[r], settings)
-    return [self._completion(p, g, settings) for p, g in zip(prompts, generated, strict=True)]
-
-  def _finished(self, prompt: list[int], generated: list[int],
-                settings: GenerationSettings) -> bool:
-    return (len(generated) >= settings.max_new_tokens or self.tokenizer.eos_id in generated
-            or _cut(self._continuation_text(prompt, generated), settings.stop)[1])
-
-  def _completion(self, prompt: list[int], generated: list[int],
-                  settings: GenerationSettings) -> Completion:
-    generated = generated[:settings.max_new_tokens]
-    finish = "length"
-    if self.tokenizer.eos_id in generated:
-      generated, finish = generated[:generated.index(self.tokenizer.eos_id)], "eos"
-    text, stopped = _cut(self._continuation_text(prompt, generated), settings.stop)
-    if stopped:
-      # The tokens up to the one that completed the stop sequence (the chunk ran past it).
-      finish, generated = "stop", next(
-          generated[:n] for n in range(1, len(generated) + 1)
-          if _cut(self._continuation_text(prompt, generated[:n]), settings.stop)[1])
-    return Completion(text, generated, finish)
-
-  def _continuation_text(self, prompt: list[int], generated: list[int]) -> str:
-    # SentencePiece drops the leading space of the first piece it decodes, so the continuation
-    # alone would lose a space (or an indentation level of code): decode it after its prompt.
-    prompt_text = self.tokenizer.decode(prompt)
-    whole = self.tokenizer.decode(prompt + generated)
-    return (whole[len(prompt_text):] if whole.startswith(prompt_text)
-            else self.tokenizer.decode(generated))
+          rows[r].generated += [int(t) for t in new]
+          finished[r] = rows[r].finished(settings)
+    return [row.completion(settings) for row in rows]
 
   def generate(self, prompts: Sequence[str], settings: GenerationSettings, seed: int = 0,
                progress: bool = False) -> list[list[str]]:
