@@ -1,8 +1,11 @@
 """The soak harness with 3 kills (the full 20 are a benchmark: docs/results/reliability.md)."""
 
+import pytest
+
 from benchmarks import soak
 
 
+@pytest.mark.slow  # a minute on two cores; test_train's kill-and-resume test covers the basics
 def test_three_kills_leave_the_run_unchanged(tmp_path):
   result = soak.main(["--kills=3", f"--workdir={tmp_path}"])
   assert result["kills"] == result["resumes"] == 3
