@@ -1,10 +1,12 @@
 """lm-evaluation-harness on our model (llama_jax.eval.lm_eval_adapter) against the harness's own
 `hf` model (HFLM) on the same random LLaMA: the harness's piqa task built offline from the
 released rows in tests/data/eval/piqa, rolling perplexity windows, empty contexts, truncation at
-the model's context, simple_evaluate, and the command line."""
+the model's context, generate_until (greedy, stop strings, contexts cut on the left),
+simple_evaluate, and the command line."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,9 +195,36 @@ def test_batch_size_and_mesh_from_model_args(hf_llama_dir):
   assert dict(lm.scorer.mesh_rules.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
 
 
-def test_generation_is_not_supported_yet(our_lm):
-  with pytest.raises(NotImplementedError, match="llama_jax.generate"):
-    our_lm.generate_until(_requests("generate_until", [("Q:", {"until": ["\n"]})]))
+def _byte_pieces_decoded(text: str) -> str:
+  """The reference tokenizer's transformers backend writes byte-fallback pieces as "<0x6D>";
+  SentencePiece (ours, Meta's) decodes them to the characters they encode."""
+  return re.sub(r"(?:<0x[0-9A-F]{2}>)+", lambda run: bytes.fromhex(
+      run.group().replace("<0x", "").replace(">", "")).decode("utf-8", "replace"), text)
+
+
+def test_generate_until_equals_hf(our_lm, hf_lm, short_dir):
+  # Contexts of different lengths in one batch, two kinds of settings, and (on the 64-token
+  # model) a context cut on the left to leave max_gen_toks.
+  qa = {"until": ["\n", ".", ","], "do_sample": False, "max_gen_toks": 12}
+  long = {"until": ["Q:"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 24}
+  arguments = [("Q: who wrote the lyrics of he ain't heavy he's my brother?\nA:", qa),
+               ("Q: when was the last time anyone was on the moon?\nA:", qa),
+               ("Answer these questions:\n\nQ: how many seasons?\nA:", qa),
+               ("def add(a, b):\n    return", long), ("The", long)]
+  ours = our_lm.generate_until(_requests("generate_until", arguments))
+  theirs = hf_lm.generate_until(_requests("generate_until", arguments))
+  assert ours == [_byte_pieces_decoded(text) for text in theirs]
+  assert all(ours)
+  cut = [("word " * 80, {"until": ["\n"], "do_sample": False, "max_gen_toks": 16})]
+  theirs = hf_reference_lm(short_dir).generate_until(_requests("generate_until", cut))
+  assert (_ours(short_dir).generate_until(_requests("generate_until", cut))
+          == [_byte_pieces_decoded(text) for text in theirs])
+
+
+def test_generate_until_refuses_settings_it_would_ignore(our_lm):
+  with pytest.raises(ValueError, match=r"\['repetition_penalty'\] are not supported"):
+    our_lm.generate_until(_requests("generate_until", [
+        ("Q:", {"until": ["\n"], "repetition_penalty": 1.2})]))
 
 
 def test_cli_runs_a_local_task_and_writes_results(hf_llama_dir, our_results, tmp_path):

@@ -15,7 +15,9 @@ The harness's `--batch_size` (an integer) sets rows per model call unless model_
 The harness builds the requests and splits (context, continuation) into tokens itself (TemplateLM);
 the Scorer computes their log-likelihoods as the harness's `hf` model does, so a task's numbers
 match `--model hf` on the same weights. Text is tokenized as `hf` tokenizes it for LLaMA:
-SentencePiece with BOS in front. Generation tasks are not supported yet.
+SentencePiece with BOS in front. Generation tasks (`generate_until`) run on llama_jax.generate with
+`hf`'s conventions: contexts cut on the left to leave max_gen_toks, greedy unless do_sample, the
+new tokens decoded alone and cut before the first `until` string.
 """
 
 from __future__ import annotations
@@ -32,12 +34,18 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm import tqdm
 
-from llama_jax.eval.scoring import load_scorer
+from llama_jax.convert import load_model
+from llama_jax.eval.scoring import Scorer
+from llama_jax.generate import GenerationSettings, Generator
 from llama_jax.sharding import MESH_AXES
 
-MODEL_ARGS = ("ckpt", "tokenizer", "dtype", "batch_size", "mesh")
+MODEL_ARGS = ("ckpt", "tokenizer", "dtype", "batch_size", "mesh", "seed")
 _USAGE = ("model_args: ckpt=DIR (required), tokenizer=FILE, dtype=float32|bfloat16, "
-          "batch_size=N, mesh=DATA:FSDP:TENSOR")
+          "batch_size=N, mesh=DATA:FSDP:TENSOR, seed=N (sampling)")
+# The generation settings a generate_until request may carry (after the harness's
+# normalize_gen_kwargs); any other is refused rather than ignored.
+GENERATION_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k")
+DEFAULT_MAX_GEN_TOKS = 256  # the harness's
 BOS_TEXT = "<s>"  # how the harness's `hf` model recognises text that already starts with BOS
 
 
@@ -65,12 +73,15 @@ class LlamaJaxLM(TemplateLM):
   """A llama_jax Scorer behind lm-evaluation-harness's model interface."""
 
   def __init__(self, ckpt: str, tokenizer: str | None = None, dtype: str | None = None,
-               batch_size: int | str = 16, mesh: str | None = None):
+               batch_size: int | str = 16, mesh: str | None = None, seed: int | str = 0):
     super().__init__()
     # Values from model_args strings may arrive as numbers ("ckpt=123"): paths are text.
-    self.scorer = load_scorer(str(ckpt), tokenizer=None if tokenizer is None else str(tokenizer),
-                              dtype=dtype, mesh_config=parse_mesh_arg(mesh),
-                              batch_size=_positive_int("batch_size", batch_size))
+    loaded = load_model(str(ckpt), tokenizer=None if tokenizer is None else str(tokenizer),
+                        dtype=dtype, mesh_config=parse_mesh_arg(mesh))
+    batch_size = _positive_int("batch_size", batch_size)
+    self.scorer = Scorer.from_loaded(loaded, batch_size)
+    self.generator = Generator.from_loaded(loaded, batch_size)
+    self.seed = int(seed)
     self.sp = self.scorer.tokenizer
 
   @classmethod
@@ -155,11 +166,38 @@ class LlamaJaxLM(TemplateLM):
       self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
     return totals
 
+  def _settings(self, gen_kwargs: Mapping) -> GenerationSettings:
+    if unknown := sorted(set(gen_kwargs) - set(GENERATION_KWARGS)):
+      raise ValueError(f"llama_jax: generation kwargs {unknown} are not supported; it takes "
+                       f"{', '.join(GENERATION_KWARGS)}")
+    until = gen_kwargs.get("until") or []
+    sample = bool(gen_kwargs.get("do_sample")) and float(gen_kwargs.get("temperature", 1.0)) > 0
+    return GenerationSettings(
+        max_new_tokens=int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)),
+        temperature=float(gen_kwargs.get("temperature", 1.0)) if sample else 0.0,
+        top_p=float(gen_kwargs.get("top_p") or 1.0), top_k=int(gen_kwargs.get("top_k") or 0),
+        stop=tuple([until] if isinstance(until, str) else until))
+
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-    raise NotImplementedError(
-        "llama_jax: generation (generate_until tasks such as gsm8k) is not supported yet; it "
-        "arrives with llama_jax.generate. Log-likelihood tasks (multiple_choice, loglikelihood, "
-        "loglikelihood_rolling) run.")
+    """Continuations of (context, gen_kwargs) requests, as the harness's `hf` model writes them:
+    the context with BOS, cut on the left to leave max_gen_toks; EOS or an `until` string ends
+    the text, which is the new tokens decoded alone, cut before the first `until` string."""
+    groups: dict[GenerationSettings, list[int]] = {}
+    for index, request in enumerate(requests):
+      groups.setdefault(self._settings(request.args[1]), []).append(index)
+    results: list[str] = [""] * len(requests)
+    disable = disable_tqdm or jax.process_index() != 0
+    for settings, indices in groups.items():
+      prompts = [self.tok_encode(requests[i].args[0]) for i in indices]
+      completions = self.generator.generate_tokens(prompts, settings, self.seed,
+                                                   progress=not disable)
+      for i, (completion,) in zip(indices, completions, strict=True):
+        text = self.tok_decode(completion.tokens)
+        for stop in settings.stop:
+          text = text.split(stop)[0]
+        results[i] = text
+        self.cache_hook.add_partial("generate_until", requests[i].args, text)
+    return results
 
   def get_model_info(self) -> dict:
     """What was loaded, for the harness's results file."""
