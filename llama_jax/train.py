@@ -32,7 +32,7 @@ from llama_jax import metrics as metrics_lib
 from llama_jax.checkpoint import Checkpoints, check_storage
 from llama_jax.config import parse_flags
 from llama_jax.data import iterator_from_config
-from llama_jax.eval.harness import PeriodicEvaluation
+from llama_jax.eval.periodic import PeriodicEvaluation
 from llama_jax.model import Llama, ModelConfig, abstract_model
 from llama_jax.optim import learning_rate_schedule, make_optimizer, total_steps
 from llama_jax.sharding import (

@@ -12,9 +12,11 @@ from hf_reference import META_TOKENIZER
 
 from benchmarks.data_loader import write_source
 from benchmarks.soak import SMALL_TINY
+from llama_jax.eval.generative import evaluate_generative
 from llama_jax.eval.harness import evaluate_task
 from llama_jax.eval.scoring import bucket_lengths, load_scorer
 from llama_jax.eval.tasks import TASKS
+from llama_jax.generate import load_generator
 from llama_jax.metrics import read_metrics
 from llama_jax.train import Trainer
 
@@ -124,7 +126,7 @@ def test_evaluation_during_training_equals_evaluating_the_checkpoint(load_config
   overrides = {**SMALL_TINY, "model.vocab_size": 32000, "model.context_length": 128,
                "train.total_tokens": 6 * 8 * 128.0,
                "optim.peak_lr": 1e-2, "checkpoint.every_steps": 3, "data.dir": tmp_path / "tokens",
-               "data.tokenizer": META_TOKENIZER, "eval.tasks": "piqa,arc_easy",
+               "data.tokenizer": META_TOKENIZER, "eval.tasks": "piqa,arc_easy,nq_open",
                "eval.every_steps": 3, "eval.data_dir": EVAL_DATA, "eval.limit": 5}
   for key, value in overrides.items():
     section, name = key.split(".")
@@ -141,14 +143,19 @@ def test_evaluation_during_training_equals_evaluating_the_checkpoint(load_config
             for r in read_metrics(workdir / "metrics.jsonl")}
   assert [step for step, values in logged.items() if values] == [3, 6]
   assert set(logged[6]) == {"eval/piqa/acc", "eval/piqa/acc_norm", "eval/arc_easy/acc",
-                            "eval/arc_easy/acc_norm"}
+                            "eval/arc_easy/acc_norm", "eval/nq_open/exact_match",
+                            "eval/nq_open/no_answer"}
   for step in (3, 6):
     scorer = load_scorer(workdir / "checkpoints" / str(step), batch_size=16)
     assert scorer.description.endswith(f"step {step}")
-    for task in ("piqa", "arc_easy"):
-      result = evaluate_task(scorer, TASKS[task], EVAL_DATA, limit=5, progress=False)
+    results = [evaluate_task(scorer, TASKS[task], EVAL_DATA, limit=5, progress=False)
+               for task in ("piqa", "arc_easy")]
+    generator = load_generator(workdir / "checkpoints" / str(step), batch_size=16)
+    results.append(evaluate_generative(generator.generate, "nq_open", EVAL_DATA, limit=5,
+                                       progress=False))
+    for result in results:
       for name, metric in result.metrics.items():
-        assert logged[step][f"eval/{task}/{name}"] == metric.mean
+        assert logged[step][f"eval/{result.task.name}/{name}"] == metric.mean
 
 
 def test_a_run_without_eval_data_is_refused_before_training(load_config, tmp_path):

@@ -19,13 +19,13 @@ from llama_jax import distributed
 from llama_jax.convert import define_model_flags
 from llama_jax.eval.generative import (
     CODE_TIMEOUT_S,
-    GENERATIVE_TASKS,
     GenerativeTask,
     evaluate_generative,
+    resolve_tasks,
 )
 from llama_jax.eval.harness import evaluate_task, results_json, results_table
 from llama_jax.eval.scoring import Scorer
-from llama_jax.eval.tasks import FEWSHOT_SEED, GROUPS, TASKS, Task, TaskDataError, get_tasks
+from llama_jax.eval.tasks import FEWSHOT_SEED, TaskDataError
 from llama_jax.generate import Generator
 
 _LOAD_MODEL = define_model_flags()
@@ -54,18 +54,6 @@ _SANDBOX_TIMEOUT = flags.DEFINE_float("sandbox_timeout_s", CODE_TIMEOUT_S, "code
                                       "each program may run", lower_bound=0.1)
 _LOG_SAMPLES = flags.DEFINE_bool("log_samples", False, "also write every item's log-likelihoods "
                                  "and metrics to OUTPUT's name with .samples.jsonl")
-
-
-def resolve_tasks(names: list[str]) -> list[Task | GenerativeTask]:
-  """Likelihood and generative tasks by name, in the order given (groups expanded), each once."""
-  likelihood = [name for name in names if name not in GENERATIVE_TASKS]
-  if unknown := [name for name in likelihood if name not in TASKS and name not in GROUPS]:
-    raise ValueError(f"unknown tasks {unknown}; likelihood tasks: {', '.join(TASKS)}; groups: "
-                     f"{', '.join(GROUPS)}; generative tasks: {', '.join(GENERATIVE_TASKS)}")
-  tasks = []
-  for name in dict.fromkeys(names):
-    tasks += [GENERATIVE_TASKS[name]] if name in GENERATIVE_TASKS else get_tasks([name])
-  return list({task.name: task for task in tasks}.values())
 
 
 def main(argv: list[str]) -> None:

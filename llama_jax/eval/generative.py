@@ -37,9 +37,13 @@ from pathlib import Path
 from llama_jax.eval.harness import TaskResult, aggregate
 from llama_jax.eval.tasks import (
   FEWSHOT_SEED,
+  GROUPS,
+  TASKS,
+  Task,
   TaskDataError,
   by_subset,
   field,
+  get_tasks,
   read_json_array,
   read_jsonl,
   require_file,
@@ -769,6 +773,18 @@ def get_generative_task(name: str) -> GenerativeTask:
   if name not in GENERATIVE_TASKS:
     raise ValueError(f"unknown generative task {name!r}; known: {', '.join(GENERATIVE_TASKS)}")
   return GENERATIVE_TASKS[name]
+
+
+def resolve_tasks(names: list[str]) -> list[Task | GenerativeTask]:
+  """Likelihood and generative tasks by name, in the order given (groups expanded), each once."""
+  likelihood = [name for name in names if name not in GENERATIVE_TASKS]
+  if unknown := [name for name in likelihood if name not in TASKS and name not in GROUPS]:
+    raise ValueError(f"unknown tasks {unknown}; likelihood tasks: {', '.join(TASKS)}; groups: "
+                     f"{', '.join(GROUPS)}; generative tasks: {', '.join(GENERATIVE_TASKS)}")
+  tasks = []
+  for name in dict.fromkeys(names):
+    tasks += [GENERATIVE_TASKS[name]] if name in GENERATIVE_TASKS else get_tasks([name])
+  return list({task.name: task for task in tasks}.values())
 
 
 # --- running ---------------------------------------------------------------------------------

@@ -12,10 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llama_jax.eval.scoring import Scorer
-from llama_jax.eval.tasks import FEWSHOT_SEED, Example, Request, Task, get_tasks, with_fewshot
-from llama_jax.model import ModelConfig
-from llama_jax.sharding import MeshRules
-from llama_jax.tokenizer import Tokenizer
+from llama_jax.eval.tasks import FEWSHOT_SEED, Example, Request, Task, with_fewshot
 
 
 class Metric(NamedTuple):
@@ -98,13 +95,6 @@ def evaluate_task(scorer: Scorer, task: Task, data_dir: Path, *, num_fewshot: in
   return TaskResult(task, num_fewshot, metrics, len(examples), samples)
 
 
-def evaluate(scorer: Scorer, tasks: Sequence[Task], data_dir: Path, *,
-             num_fewshot: int | None = None, limit: int | None = None,
-             seed: int = FEWSHOT_SEED, progress: bool = True) -> list[TaskResult]:
-  return [evaluate_task(scorer, task, data_dir, num_fewshot=num_fewshot, limit=limit, seed=seed,
-                        progress=progress) for task in tasks]
-
-
 def results_json(results: Sequence[TaskResult], settings: dict) -> dict:
   """What results.json holds: per task metrics, standard errors, n; the settings; the paper."""
   return {
@@ -134,38 +124,3 @@ def results_table(results: Sequence[TaskResult]) -> str:
                    f"{scale * metric.stderr:>9.2f} {metric.n:>6} {result.num_fewshot:>5}  "
                    f"{reference}")
   return "\n".join(lines) + "\n* the metric the paper reports for the task"
-
-
-class PeriodicEvaluation:
-  """The `eval` section of a training config: its tasks scored with the training parameters."""
-
-  def __init__(self, eval_config, model_config: ModelConfig, tokenizer_file: str | None,
-               mesh_rules: MeshRules, abstract_params):
-    self.tasks = get_tasks([name.strip() for name in eval_config.tasks.split(",")])
-    if not eval_config.data_dir:
-      raise ValueError("eval.tasks is set but eval.data_dir is not: give the directory of the "
-                       "benchmarks' released files")
-    if not tokenizer_file:
-      raise ValueError("eval.tasks is set but data.tokenizer is not: evaluation tokenizes text "
-                       "with the training data's SentencePiece model")
-    self.config = eval_config
-    for task in self.tasks:  # a missing or malformed file stops the run now, not hours later
-      task.examples(Path(eval_config.data_dir))
-    tokenizer = Tokenizer(tokenizer_file)
-    if tokenizer.vocab_size > model_config.vocab_size:
-      raise ValueError(f"data.tokenizer {tokenizer_file} has {tokenizer.vocab_size} pieces but "
-                       f"model.vocab_size is {model_config.vocab_size}")
-    self.scorer = Scorer(model_config, abstract_params, tokenizer, mesh_rules,
-                         eval_config.batch_size)
-
-  def due(self, step: int, last_step: int) -> bool:
-    return step % self.config.every_steps == 0 or step == last_step
-
-  def __call__(self, params) -> dict[str, float]:
-    """{"eval/TASK/METRIC": value} for the parameters given."""
-    self.scorer.params = params
-    results = evaluate(self.scorer, self.tasks, Path(self.config.data_dir),
-                       num_fewshot=self.config.num_fewshot, limit=self.config.limit,
-                       progress=False)
-    return {f"eval/{r.task.name}/{name}": metric.mean for r in results
-            for name, metric in r.metrics.items()}
