@@ -85,7 +85,8 @@ def _tokens(batch=8, length=16):
   return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
 
 
-@pytest.mark.parametrize("devices", [1, 8])
+# One device is the same program as eight without the mesh: slow-marked (make test-all).
+@pytest.mark.parametrize("devices", [pytest.param(1, marks=pytest.mark.slow), 8])
 def test_micro_batches_give_the_whole_batch_step(devices):
   results = []
   for micro_batches in (1, 4):  # 4 micro-batches of 8 rows: one row per device on 8 devices
@@ -242,7 +243,11 @@ def _largest_state_file(step_dir):
              key=lambda p: p.stat().st_size)
 
 
-@pytest.mark.parametrize("damage", ["flipped", "truncated", "missing", "no_checksums"])
+# A truncated or missing file fails the same size/presence check as the others' CRC and
+# checksum-table checks: slow-marked (make test-all).
+@pytest.mark.parametrize("damage", [
+    "flipped", pytest.param("truncated", marks=pytest.mark.slow),
+    pytest.param("missing", marks=pytest.mark.slow), "no_checksums"])
 def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_one_before_used(
     load_config, shards, tmp_path, caplog, damage):
   config = _config(load_config, shards, **{"train.total_tokens": 9 * 8 * 32.0})
