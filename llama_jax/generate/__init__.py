@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from llama_jax.convert import LoadedModel, load_model
+from llama_jax.eval.scoring import bucket_lengths
 from llama_jax.model import KVCache, ModelConfig, abstract_model, empty_cache
 from llama_jax.sharding import (
     KV_CACHE,
@@ -42,7 +43,6 @@ from llama_jax.sharding import (
 from llama_jax.tokenizer import Tokenizer
 
 CHUNK = 16  # decode steps per jitted call: one host check for EOS / stop sequences per chunk
-MIN_PROMPT_BUCKET = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,14 +137,6 @@ def _decode_chunk(graphdef: nnx.GraphDef, sampling: Sampling, params: nnx.State,
 
   (_, cache), tokens = jax.lax.scan(one_step, (token, cache), jnp.arange(CHUNK))
   return tokens.T, cache
-
-
-def _prompt_length(longest: int, limit: int) -> int:
-  """The padded prompt length for a batch whose longest prompt has `longest` tokens."""
-  length = MIN_PROMPT_BUCKET
-  while length < longest:
-    length *= 2
-  return min(length, limit)
 
 
 def _cut(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -265,14 +257,15 @@ class Generator:
       for start in range(0, len(order), self.batch_size):
         batch = [rows[i] for i in order[start:start + self.batch_size]]
         for (p, s, _), completion in zip(batch, self._generate_batch(batch, settings, seed,
-                                                                     limit), strict=False):
+                                                                     limit), strict=True):
           results[p][s] = completion
         bar.update(len(batch))
     return results
 
   def _generate_batch(self, batch: list[tuple[int, int, list[int]]], settings: GenerationSettings,
                       seed: int, limit: int) -> list[Completion]:
-    length = _prompt_length(len(batch[0][2]), limit)
+    # Prompts are padded to scoring's lengths (32, 64, ...) up to `limit`: few compilations.
+    length = next(b for b in bucket_lengths(limit) if b >= len(batch[0][2]))
     steps = -(-(settings.max_new_tokens - 1) // CHUNK) * CHUNK  # decode steps after the prefill
     tokens = np.zeros((self.batch_size, length), np.int32)
     padding = np.full((self.batch_size,), length, np.int32)  # unused rows: all padding
