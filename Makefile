@@ -17,9 +17,10 @@ $(VENV)/installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[test,data]'
 	touch $@
 
-# The demo tokenizes with the Beam pipeline, so it needs the data extra.
+# The recipe in miniature: the shipped raw corpus through the Beam pipelines (the data extra),
+# tokenizer, training, evaluation and samples, to runs/demo/report.md.
 demo: $(VENV)/installed-data
-	$(BIN)/python -m llama_jax.demo --config=configs/tiny.py --workdir=runs/demo
+	$(BIN)/python -m llama_jax.recipe --config=configs/mini.py --workdir=runs/demo
 
 lint: $(VENV)/installed-test
 	$(BIN)/ruff check .

@@ -338,7 +338,7 @@ class DataIterator:
 
   def get_state(self) -> dict:
     return {"grain": self._iterator.get_state(),
-            "pieces": {s.name: int(n) for s, n in zip(self.sources, self._pieces, strict=True)},
+            "pieces": self.sequences(),
             "bad_records": self.bad_records()}
 
   def set_state(self, state: Mapping) -> None:
@@ -350,6 +350,10 @@ class DataIterator:
   def bad_records(self) -> dict[str, int]:
     """Bad records skipped so far per source (on_bad_record="skip"; re-counted every epoch)."""
     return {s.name: int(n) for s, n in zip(self.sources, self._bad_records, strict=True)}
+
+  def sequences(self) -> dict[str, int]:
+    """Sequences drawn from each source so far, over the global batch (the observed mixture)."""
+    return {s.name: int(n) for s, n in zip(self.sources, self._pieces, strict=True)}
 
   def epochs(self) -> dict[str, float]:
     """Passes over each source so far: its tokens drawn into batches / its tokens."""

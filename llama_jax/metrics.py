@@ -229,7 +229,8 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_loss(metrics_path: str | Path, png_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-  """Draws training loss against tokens seen into a PNG; returns the plotted (tokens, loss)."""
+  """Draws training loss against tokens seen into a PNG, with the learning rate on a second axis
+  where the records have it; returns the plotted (tokens, loss)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -247,5 +248,11 @@ def plot_loss(metrics_path: str | Path, png_path: str | Path) -> tuple[np.ndarra
   axes.set_xlabel("tokens seen")
   axes.set_ylabel("training loss")
   axes.grid(alpha=0.3)
+  rates = [(r["tokens"], r["lr"]) for r in records if r.get("lr") is not None]
+  if rates:
+    lr_axes = axes.twinx()
+    lr_axes.plot(*zip(*rates, strict=True), color="tab:orange", linewidth=1, linestyle="--")
+    lr_axes.set_ylabel("learning rate (dashed)", color="tab:orange")
+    lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
   figure.savefig(png_path)
   return tokens, loss

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -77,6 +78,11 @@ class Tokenizer:
                        f"{(UNK_ID, BOS_ID, EOS_ID)}. Retrain it with llama_jax.tokenizer.")
     self.vocab_size = self._processor.vocab_size()
     self.bos_id, self.eos_id = BOS_ID, EOS_ID
+
+  @property
+  def sha256(self) -> str:
+    """The model file's digest: which tokenizer made a set of token shards."""
+    return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
   def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
     return self._processor.encode(text, add_bos=bos, add_eos=eos)

@@ -309,6 +309,7 @@ class Trainer:
         "skipped_updates": progress["skipped_updates"], "rollbacks": progress["rollbacks"],
         "failed_saves": progress.get("failed_saves", 0),
         "bad_records_skipped": sum(self.data.bad_records().values()),
+        **{f"sequences/{name}": n for name, n in self.data.sequences().items()},
         **self.energy.update(), **evaluation,
     }
     if self.writer:

@@ -114,7 +114,7 @@ def build(root: beam.Pipeline, args: argparse.Namespace, tokenizer: Tokenizer):
                     "tokens-[0-9]*-of-[0-9]*.array_record.tmp-*"), args.input)
   dtype = token_dtype(tokenizer.vocab_size)
   header = {"input": args.input, "tokenizer": str(tokenizer.path),
-            "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
+            "tokenizer_sha256": tokenizer.sha256,
             "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
             "dtype": dtype.name}
   return (root

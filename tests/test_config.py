@@ -1,6 +1,5 @@
 """Config files against the paper's Table 2 and section 2.3, and the command-line contract."""
 
-import json
 import subprocess
 import sys
 
@@ -52,13 +51,13 @@ def test_one_gpu_config(load_config):
   assert (model.dim, model.n_layers, model.n_heads, model.ffn_dim) == (2048, 24, 16, 5632)
 
 
-def _demo(*args):
-  return subprocess.run([sys.executable, "-m", "llama_jax.demo", *args], cwd=REPO_ROOT,
+def _recipe(*args):
+  return subprocess.run([sys.executable, "-m", "llama_jax.recipe", *args], cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=300)
 
 
 def test_typod_config_key_is_an_error_naming_it():
-  result = _demo("--config=configs/tiny.py", "--config.model.dimm=3")
+  result = _recipe("--config=configs/mini.py", "--config.model.dimm=3")
   assert result.returncode == 2
   assert "--config.model.dimm" in result.stderr
   assert "did you mean 'dim'?" in result.stderr
@@ -66,29 +65,13 @@ def test_typod_config_key_is_an_error_naming_it():
 
 
 def test_typod_config_section_is_an_error_naming_it():
-  result = _demo("--config=configs/tiny.py", "--config.modle.dim=3")
+  result = _recipe("--config=configs/mini.py", "--config.modle.dim=3")
   assert result.returncode == 2
   assert "no key 'modle' in config; did you mean 'model'?" in result.stderr
 
 
 def test_bad_config_value_is_a_usage_error():
-  result = _demo("--config=configs/tiny.py", "--config.model.remat=fulll")
+  result = _recipe("--config=configs/mini.py", "--config.model.remat=fulll")
   assert result.returncode == 1
   assert "model.remat='fulll'; choose one of" in result.stderr
   assert "Traceback" not in result.stderr
-
-
-def test_demo_runs_end_to_end_and_resumes(tmp_path):
-  args = ("--config=configs/tiny.py", f"--workdir={tmp_path}", "--steps=4",
-          "--config.model.n_layers=2")
-  first = _demo(*args)
-  assert first.returncode == 0, first.stderr[-3000:]
-  assert first.stdout.count(": running") == 3  # corpus, tokenizer, shards
-  assert "step    4" in first.stdout
-  assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  index = json.loads((tmp_path / "tokens" / "python_docs" / "index.json").read_text())
-  assert sum(shard["tokens"] for shard in index["shards"]) > 100_000
-  second = _demo(*args)
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert second.stdout.count("done before, skipped") == 3
-  assert "step    4" in second.stdout  # training finished: resumed at its last step

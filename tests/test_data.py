@@ -91,6 +91,7 @@ def test_mixture_shares_over_10k_sequences(tmp_path):
       assert set(((piece - 3) // 1000)[piece != EOS].tolist()) <= {source}
     counts.update(batch["source"].tolist())
   names = [s.name for s in iterator.sources]
+  assert iterator.sequences() == {name: counts[i] for i, name in enumerate(names)}
   total = sum(SHARES.values())
   for index, name in enumerate(names):
     assert counts[index] / 10_000 == pytest.approx(SHARES[name] / total, rel=0.01), name

@@ -210,6 +210,22 @@ def test_plot_loss(tmp_path):
   assert imread(tmp_path / "loss.png").shape == (500, 800, 4)
 
 
+def test_plot_loss_draws_the_learning_rate_on_a_second_axis(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  base = [{"step": s, "tokens": s * 1000, "loss": 10.0 / s} for s in range(1, 6)]
+  path.write_text("".join(json.dumps(r) + "\n" for r in base))
+  metrics.plot_loss(path, tmp_path / "loss.png")
+  path.write_text("".join(json.dumps({**r, "lr": 1e-3 * r["step"]}) + "\n" for r in base))
+  metrics.plot_loss(path, tmp_path / "loss_lr.png")
+  without, with_lr = imread(tmp_path / "loss.png"), imread(tmp_path / "loss_lr.png")
+  assert without.shape == with_lr.shape
+  # The second axis adds an orange curve (tab:orange, #ff7f0e) that the plain plot lacks.
+  def orange(image):
+    rgb = (image[..., :3] * 255).round()
+    return int((np.abs(rgb - [255, 127, 14]).sum(axis=-1) < 30).sum())
+  assert orange(without) == 0 and orange(with_lr) > 100
+
+
 def test_plot_loss_without_losses_is_an_error(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1, "tokens": 10}\n')
