@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from preprocessing.ccnet import train_lm, train_reference_classifier
+from preprocessing.ccnet import language_id, train_lm, train_reference_classifier
 from preprocessing.ccnet.normalize import normalize_for_lm
 from preprocessing.document import Document
 from preprocessing.wet import wet_bytes
@@ -80,16 +80,12 @@ def write_wet(path: Path, count: int, seed: int = 0) -> list[tuple[str, str]]:
 
 def train_language_id(path: Path) -> Path:
   """A two-language fastText model (en, fr) on generated lines, in place of lid.176.bin."""
-  import fasttext
-
   rng = random.Random(0)
   lines = [f"__label__{lang} {_paragraph(rng, words)}\n"
            for _ in range(400) for lang, words in (("en", ENGLISH), ("fr", FRENCH))]
   train_file = path.parent / "lid_train.txt"
   train_file.write_text("".join(lines))
-  fasttext.train_supervised(str(train_file), epoch=5, seed=0, thread=1, verbose=0).save_model(
-      str(path))
-  return path
+  return language_id.train_language_id(train_file, path)
 
 
 def train_ccnet_models(directory: Path) -> dict[str, str]:

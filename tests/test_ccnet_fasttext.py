@@ -2,12 +2,13 @@
 
 import pickle
 import random
+from pathlib import Path
 
 import pytest
 
 from benchmarks import synthetic_web
 from preprocessing.ccnet import train_reference_classifier
-from preprocessing.ccnet.language_id import LanguageIdentifier, min_length
+from preprocessing.ccnet.language_id import LanguageIdentifier, min_length, train_language_id
 from preprocessing.ccnet.reference_classifier import ReferenceFilter
 from preprocessing.document import Document, Drop
 
@@ -37,6 +38,36 @@ def test_language_id_keeps_english_and_names_the_rest(lid_model):
   assert french.metadata["language"] == "fr"
   strict = LanguageIdentifier(str(lid_model), threshold=1.01)
   assert strict(_doc(synthetic_web.page(rng, "english"))) == Drop("language_low_confidence")
+
+
+MINI_LID_DATA = Path(__file__).parent.parent / "examples/mini_corpus/language_id/train.txt"
+# Held-out paragraphs from pages of the mini CommonCrawl file, which the training lines leave out
+# (doc.rust-lang.org: book/ch04-01-what-is-ownership.html, rust-by-example/ja/fn.html,
+# rust-by-example/es/primitives.html).
+HELD_OUT = {
+    "en": "Because ownership is a new concept for many programmers, it does take some time to get "
+          "used to. The good news is that the more experienced you become with Rust and the rules "
+          "of the ownership system, the easier you’ll find it to naturally develop code that is "
+          "safe and efficient. Keep at it!",
+    "ja": "関数はfnキーワードを用いて定義することができます。"
+          "引数は変数と同様に型を指定する必要があり、"
+          "もし関数が値を返すならば->の後にその型も指定する必要があります。",
+    "es": "Rust proporciona acceso a una amplia variedad de primitivas. Algunos ejemplos son:",
+}
+
+
+def test_language_id_trained_on_the_mini_corpus_labels_held_out_paragraphs(tmp_path):
+  training = MINI_LID_DATA.read_text(encoding="utf-8")
+  assert all(text not in training for text in HELD_OUT.values())
+  model = train_language_id(MINI_LID_DATA, tmp_path / "lid.bin")
+  identify = LanguageIdentifier(str(model))
+  for language, text in HELD_OUT.items():
+    doc = _doc(text)
+    result = identify(doc)
+    assert doc.metadata["language"] == language, (language, doc.metadata)
+    assert (result is doc) == (language == "en")
+  again = train_language_id(MINI_LID_DATA, tmp_path / "again.bin")
+  assert again.read_bytes() == model.read_bytes()  # thread=1, seed=0: the same model every run
 
 
 def test_missing_model_fails_when_the_filter_is_built(tmp_path):
