@@ -152,9 +152,7 @@ def run_recipe(config, workdir: Path) -> Path:
       from preprocessing import tokenize_shards
 
       tokenize_shards.main([f"--input={workdir / 'documents' / name / 'documents-*'}",
-                            f"--output={output}", f"--tokenizer={spm_model}", "--num_shards=2",
-                            # the DirectRunner would first try to download Prism for this one
-                            "--runner=FnApiRunner"])
+                            f"--output={output}", f"--tokenizer={spm_model}", "--num_shards=2"])
 
     stages.run(f"shards/{name}", f"token shards of {name}",
                lambda output=output: _shards_done(output, spm_model), make_shards)

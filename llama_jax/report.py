@@ -17,6 +17,7 @@ from markdown_it import MarkdownIt
 
 from llama_jax import metrics
 from llama_jax.data import INDEX_FILE
+from llama_jax.model import ModelConfig, abstract_model, count_params
 
 STAGE_ORDER = ("language_id", "preprocess", "tokenizer", "shards", "train", "eval", "samples",
                "report")
@@ -100,7 +101,7 @@ def _percent(value: float) -> str:
   return f"{100 * value:.1f}"
 
 
-def evaluation_section(results: dict) -> str:
+def evaluation_section(config, results: dict, tokens: int) -> str:
   rows = []
   paper = results["paper_llama_7b"]
   for task, values in results["results"].items():
@@ -111,8 +112,9 @@ def evaluation_section(results: dict) -> str:
                    values.get(f"{name}_n", values["n"]), values["num_fewshot"],
                    f"{paper[task]['value']:.1f}" if task in paper else "-"])
   return ("## 4. Evaluation\n\n"
-          "**A tiny-model demonstration, not a reproduction**: a model of a few million "
-          "parameters trained on about a million tokens, scored on the few items of each "
+          "**A tiny-model demonstration, not a reproduction**: a model of "
+          f"{count_params(abstract_model(ModelConfig.from_dict(config.model))):,} parameters "
+          f"trained on {tokens:,} tokens, scored on the few items of each "
           "benchmark sample the repository ships (tests/data/eval), beside LLaMA-7B's score in "
           "the paper (1T tokens, full benchmarks). Prompts and metrics are "
           "lm-evaluation-harness 0.4.13's, as `python -m llama_jax.eval`.\n\n"
@@ -176,7 +178,7 @@ def write_report(config, workdir: Path, stage_times: dict) -> Path:
             "numbers show that the parts fit together, not what LLaMA-7B scores.")
   sections = [header, corpus_section(workdir, sources),
               mixture_section(config, workdir, sources, last), training_section(config, records),
-              evaluation_section(results), samples_section(workdir / "samples.jsonl",
+              evaluation_section(config, results, last["tokens"]), samples_section(workdir / "samples.jsonl",
                                                            config.recipe.samples),
               energy_section(config, last), stages_section(stage_times)]
   markdown = "\n\n".join(sections) + "\n"

@@ -25,6 +25,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tqdm import tqdm
 
 from preprocessing.document import Document, Drop, Filter
@@ -329,7 +330,9 @@ def run_pipeline(beam_args: Sequence[str], input_pattern: str, description: str,
             disable=not in_process) as bar:
     progress_bar = bar if in_process else None
     try:
-      root = beam.Pipeline(options=options)
+      # In process, FnApiRunner directly: Beam's DirectRunner would first try to download and
+      # start its Prism runner (and offline, log the failure) before falling back to it.
+      root = beam.Pipeline(runner=FnApiRunner() if in_process else None, options=options)
       build(root)
       result = root.run()
       result.wait_until_finish()
