@@ -373,6 +373,12 @@ def _slices_as_tuples(state):
   return state
 
 
+def sources_by_share(shares: Mapping[str, float]) -> list[str]:
+  """The sources with a positive share, largest first, equal shares by name."""
+  return sorted((name for name, share in shares.items() if share > 0),
+                key=lambda name: (-shares[name], name))
+
+
 def planned_epochs(sources: Sequence[SourceShards], shares: Mapping[str, float],
                    total_tokens: float) -> dict[str, float]:
   """Epochs of each source after `total_tokens` of training (paper Table 1's last column)."""

@@ -30,7 +30,7 @@ from ml_collections import config_flags
 
 from llama_jax import metrics, report, tokenizer
 from llama_jax.config import parse_flags
-from llama_jax.data import INDEX_FILE
+from llama_jax.data import INDEX_FILE, sources_by_share
 from llama_jax.model import ModelConfig
 from llama_jax.optim import total_steps
 from llama_jax.train import Trainer, energy_summary
@@ -73,10 +73,6 @@ def _python(*args: str) -> None:
     raise SystemExit(f"error: `python -m {' '.join(args)}` exited with {result.returncode}")
 
 
-def _shares(config) -> dict[str, float]:
-  return {name: share for name, share in config.data.shares.items() if share > 0}
-
-
 def _shards_done(directory: Path, tokenizer_file: Path) -> bool:
   """Shards exist and were made with the current tokenizer (a retrained one redoes them)."""
   index = directory / INDEX_FILE
@@ -95,8 +91,8 @@ def run_recipe(config, workdir: Path) -> Path:
   """Every stage of the recipe into `workdir`; returns the path of report.md."""
   recipe = config.recipe
   corpus = Path(recipe.corpus_dir)
-  shares = _shares(config)
-  unknown = sorted(set(shares) - set(recipe.sources))
+  sources = sources_by_share(config.data.shares)
+  unknown = sorted(set(sources) - set(recipe.sources))
   if unknown:
     raise ValueError(f"data.shares names sources {unknown} that recipe.sources does not list; "
                      f"give their raw files in recipe.sources or set their shares to 0")
@@ -106,7 +102,7 @@ def run_recipe(config, workdir: Path) -> Path:
   spm_model = workdir / "tokenizer.model"
   train_dir = workdir / "train"
   steps = total_steps(config)
-  stages = Stages(workdir, count=2 * len(shares) + 6)
+  stages = Stages(workdir, count=2 * len(sources) + 6)
 
   def train_language_id():
     from preprocessing.ccnet.language_id import train_language_id as train_lid
@@ -117,9 +113,9 @@ def run_recipe(config, workdir: Path) -> Path:
     partial.rename(lid_model)
 
   stages.run("language_id", f"fastText language id on {corpus / recipe.language_id_data}",
-             lambda: "ccnet" not in shares or lid_model.exists(), train_language_id)
+             lambda: "ccnet" not in sources or lid_model.exists(), train_language_id)
 
-  for name in shares:
+  for name in sources:
     source = recipe.sources[name]
     output = workdir / "documents" / name
     argv = [f"--source={name}", f"--input={corpus / source.input}", f"--output={output}",
@@ -137,7 +133,7 @@ def run_recipe(config, workdir: Path) -> Path:
 
   def train_tokenizer():
     partial = workdir / "partial-tokenizer"  # renamed when whole: a killed run leaves no model
-    tokenizer.train([str(workdir / "documents" / name / "documents-*") for name in shares],
+    tokenizer.train([str(workdir / "documents" / name / "documents-*") for name in sources],
                     partial, vocab_size=config.model.vocab_size, minloglevel=1)
     Path(f"{partial}.vocab").rename(spm_model.with_suffix(".vocab"))
     Path(f"{partial}.model").rename(spm_model)
@@ -145,7 +141,7 @@ def run_recipe(config, workdir: Path) -> Path:
   stages.run("tokenizer", f"SentencePiece BPE, {config.model.vocab_size} pieces",
              spm_model.exists, train_tokenizer)
 
-  for name in shares:
+  for name in sources:
     output = workdir / "tokens" / name
 
     def make_shards(name=name, output=output):

@@ -16,7 +16,7 @@ import jax
 from markdown_it import MarkdownIt
 
 from llama_jax import metrics
-from llama_jax.data import INDEX_FILE
+from llama_jax.data import INDEX_FILE, sources_by_share
 from llama_jax.model import ModelConfig, abstract_model, count_params
 
 STAGE_ORDER = ("language_id", "preprocess", "tokenizer", "shards", "train", "eval", "samples",
@@ -163,9 +163,7 @@ def stages_section(stage_times: dict) -> str:
 
 def write_report(config, workdir: Path, stage_times: dict) -> Path:
   """Writes WORKDIR/report.md and report.html; returns the markdown's path."""
-  # Largest share first: Table 1's order.
-  sources = sorted((name for name, share in config.data.shares.items() if share > 0),
-                   key=lambda name: -config.data.shares[name])
+  sources = sources_by_share(config.data.shares)
   records = metrics.read_metrics(workdir / "train" / "metrics.jsonl")
   last = records[-1]
   results = json.loads((workdir / "eval" / "results.json").read_text())
@@ -176,10 +174,10 @@ def write_report(config, workdir: Path, stage_times: dict) -> Path:
             "preprocessing -> tokenizer -> token shards -> training -> evaluation -> samples, "
             "with `python -m llama_jax.recipe`. Sized to run on two CPU cores in minutes: the "
             "numbers show that the parts fit together, not what LLaMA-7B scores.")
+  samples = samples_section(workdir / "samples.jsonl", config.recipe.samples)
   sections = [header, corpus_section(workdir, sources),
               mixture_section(config, workdir, sources, last), training_section(config, records),
-              evaluation_section(config, results, last["tokens"]), samples_section(workdir / "samples.jsonl",
-                                                           config.recipe.samples),
+              evaluation_section(config, results, last["tokens"]), samples,
               energy_section(config, last), stages_section(stage_times)]
   markdown = "\n\n".join(sections) + "\n"
   path = workdir / "report.md"

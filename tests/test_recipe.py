@@ -11,17 +11,19 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS = REPO_ROOT / "examples" / "mini_corpus"
-SOURCES = ("ccnet", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
+# Table 1's sources, largest share first (equal shares by name): the order the stages run in.
+SOURCES = ("ccnet", "c4", "books", "github", "wikipedia", "arxiv", "stackexchange")
 STEPS, BATCH = 4, 8
-SMALLER = ("--config=configs/mini.py", "--config.model.n_layers=2", "--config.model.vocab_size=1000",
+SMALLER = ("--config=configs/mini.py", "--config.model.n_layers=2",
+           "--config.model.vocab_size=1000",
            f"--config.train.total_tokens={STEPS * BATCH * 256}", "--config.optim.warmup_steps=1",
            "--config.checkpoint.every_steps=2", "--config.recipe.eval.tasks=piqa,nq_open",
            "--config.recipe.eval.limit=2", "--config.recipe.samples.max_new_tokens=4")
 
 
 def _recipe(workdir):
-  return subprocess.run([sys.executable, "-m", "llama_jax.recipe", *SMALLER, f"--workdir={workdir}"],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+  command = [sys.executable, "-m", "llama_jax.recipe", *SMALLER, f"--workdir={workdir}"]
+  return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,9 @@ class _Injecting:
   def bad_records(self):
     return self.iterator.bad_records()
 
+  def sequences(self):
+    return self.iterator.sequences()
+
   def close(self):
     self.iterator.close()
 
