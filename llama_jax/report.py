@@ -49,7 +49,10 @@ def corpus_section(workdir: Path, sources: list[str]) -> str:
   rows.append(["**all**", *(f"**{t:,}**" for t in totals), "", "", ""])
   return ("## 1. Corpus: documents in, kept and dropped\n\n"
           "Each source's raw files (examples/mini_corpus) through its Beam pipeline on the "
-          "DirectRunner; every document not kept is counted by reason (stats.json).\n\n"
+          "DirectRunner; every document not kept is counted by reason (stats.json). Read "
+          "counts the documents that reached the filters; drops made before a document exists "
+          "count input records (StackExchange: posts of unselected sites, answers without a "
+          "question, empty answers), so there kept + dropped can exceed read.\n\n"
           + _table(["source", "read", "kept", "dropped", "malformed", "dropped by reason",
                     "malformed by reason", "notes (lines removed, steps skipped)"], rows))
 
