@@ -3,7 +3,7 @@
 python -m llama_jax.recipe --config=configs/mini.py --workdir=runs/demo [--config.KEY=VALUE ...]
 
 Stages, each skipped when its outputs are complete (so a second run resumes, and a run stopped
-midway goes on from the stage it was in):
+midway goes on from the stage it was in; remove a stage's outputs to redo it):
   language_id   CCNet's fastText language identifier, trained on the corpus's labelled pages
                 (lid.176.bin is 126 MB; the config can name it instead)
   preprocess    each Table 1 source's Beam pipeline (DirectRunner) over the shipped raw files
@@ -102,18 +102,20 @@ def run_recipe(config, workdir: Path) -> Path:
   spm_model = workdir / "tokenizer.model"
   train_dir = workdir / "train"
   steps = total_steps(config)
-  stages = Stages(workdir, count=2 * len(sources) + 6)
+  train_lid = "ccnet" in sources and not recipe.language_id_model
+  stages = Stages(workdir, count=2 * len(sources) + 5 + train_lid)
 
   def train_language_id():
-    from preprocessing.ccnet.language_id import train_language_id as train_lid
+    from preprocessing.ccnet.language_id import train_language_id
 
     partial = lid_model.with_suffix(".partial")
     partial.parent.mkdir(parents=True, exist_ok=True)
-    train_lid(corpus / recipe.language_id_data, partial)
+    train_language_id(corpus / recipe.language_id_data, partial)
     partial.rename(lid_model)
 
-  stages.run("language_id", f"fastText language id on {corpus / recipe.language_id_data}",
-             lambda: "ccnet" not in sources or lid_model.exists(), train_language_id)
+  if train_lid:
+    stages.run("language_id", f"fastText language id on {corpus / recipe.language_id_data}",
+               lid_model.exists, train_language_id)
 
   for name in sources:
     source = recipe.sources[name]
