@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import html
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -132,8 +133,10 @@ def samples_section(samples_path: Path, settings) -> str:
   for line in samples_path.read_text().splitlines():
     record = json.loads(line)
     for completion in record["completions"]:
-      lines.append(f"**Prompt:** `{record['prompt']!r}`\n\n```text\n{record['prompt']}"
-                   f"{completion}\n```\n")
+      text = record["prompt"] + completion
+      # A fence longer than any run of backticks in the text (models write code fences too).
+      fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", text)), default=0))
+      lines.append(f"**Prompt:** `{record['prompt']!r}`\n\n{fence}text\n{text}\n{fence}\n")
   return "\n".join(lines)
 
 

@@ -132,3 +132,20 @@ def test_every_corpus_file_has_its_source_and_licence_listed():
   assert files
   for path in files:
     assert str(path.relative_to(CORPUS)) in readme, f"{path} is not listed in {CORPUS}/README.md"
+
+
+def test_samples_with_code_fences_stay_one_block(tmp_path):
+  from markdown_it import MarkdownIt
+  from ml_collections import config_dict
+
+  from llama_jax import report
+
+  completion = " ```rust\nfn main() {}\n``` and ````"
+  (tmp_path / "samples.jsonl").write_text(
+      json.dumps({"prompt": "Code:", "completions": [completion]}) + "\n")
+  settings = config_dict.ConfigDict(
+      {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "seed": 0})
+  html = MarkdownIt("commonmark").render(report.samples_section(tmp_path / "samples.jsonl",
+                                                                settings))
+  assert html.count("<pre>") == 1
+  assert "Code: ```rust\nfn main() {}\n``` and ````" in html
