@@ -160,10 +160,14 @@ def run_recipe(config, workdir: Path) -> Path:
     shutil.copyfile(spm_model, train_dir / "tokenizer.model")  # the run carries its tokenizer
     trainer = Trainer(config, train_dir)
     try:
-      print(f"   {energy_summary(trainer.run())}")
+      result = trainer.run()
     finally:
       trainer.close()
+    print(f"   {energy_summary(result)}")
     metrics.plot_loss(train_dir / "metrics.jsonl", workdir / "loss.png")
+    if result["step"] < steps:  # SIGTERM or SIGINT: saved; later stages need the whole run
+      raise SystemExit(f"training stopped at step {result['step']} of {steps} (checkpoint "
+                       f"saved); run the same command again to resume")
 
   with config.unlocked():
     config.data.dir = str(workdir / "tokens")

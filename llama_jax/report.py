@@ -123,7 +123,9 @@ def evaluation_section(config, results: dict, tokens: int) -> str:
           "the paper (1T tokens, full benchmarks). Prompts and metrics are "
           "lm-evaluation-harness 0.4.13's, as `python -m llama_jax.eval`.\n\n"
           + _table(["task", "metric", "this model", "± stderr", "n", "shots",
-                    "LLaMA-7B (paper)"], rows))
+                    "LLaMA-7B (paper)"], rows)
+          + "\n\n-: no LLaMA-7B figure for the task in the project's copy of the paper's "
+          "numbers (llama_jax/eval/tasks.py).")
 
 
 def samples_section(samples_path: Path, settings) -> str:
