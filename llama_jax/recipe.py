@@ -81,10 +81,11 @@ def _shards_done(directory: Path, tokenizer_file: Path) -> bool:
 
 
 def _train_done(train_dir: Path, steps: int) -> bool:
-  records = metrics.read_metrics(train_dir / "metrics.jsonl") if (
-      train_dir / "metrics.jsonl").exists() else []
-  return bool(records) and records[-1]["step"] == steps and (
-      train_dir / "checkpoints" / str(steps)).is_dir()
+  """The run logged its last step and saved its checkpoint."""
+  log = train_dir / "metrics.jsonl"
+  records = metrics.read_metrics(log) if log.exists() else []
+  last_checkpoint = train_dir / "checkpoints" / str(steps)
+  return bool(records) and records[-1]["step"] == steps and last_checkpoint.is_dir()
 
 
 def run_recipe(config, workdir: Path) -> Path:
