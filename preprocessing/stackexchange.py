@@ -30,6 +30,9 @@ Document text (`format_document`): blocks separated by a blank line,
     A: <text of the best answer>
 
     A: <text of the next answer>
+Inside a post (`html_to_text`) paragraphs, headings and other block elements are one line each,
+separated by a single line break, so that outside code a blank line always starts the next post;
+list items are lines `- <text>`; <pre> code keeps its own line breaks, blank lines included.
 Drops before the join (1-3) count posts; later ones count documents. `posts_read` counts rows read.
 Malformed input: `bad_xml` (broken or truncated XML, invalid UTF-8; the posts read before the error
 are kept), `bad_post_row` (a row without a numeric Id or PostTypeId, or an answer without a numeric
@@ -59,6 +62,7 @@ DEFAULT_SITES = "largest:28"
 _BLOCK_TAGS = frozenset({"p", "div", "pre", "blockquote", "ul", "ol", "li", "h1", "h2", "h3", "h4",
                          "h5", "h6", "table", "tr", "hr", "dl", "dt", "dd"})
 _WHITESPACE = re.compile(r"\s+")
+_LIST_MARKER = "- "
 
 
 class Post(NamedTuple):
@@ -142,25 +146,37 @@ def _read_posts_file(readable: fileio.ReadableFile) -> Iterable[Post]:
 
 
 class _TextExtractor(html.parser.HTMLParser):
+  """Text of a post body, one line per block element (see `html_to_text`)."""
+
   def __init__(self):
     super().__init__(convert_charrefs=True)
     self.parts: list[str] = []
     self.pre_depth = 0
+    # The current line holds only a list item's "- ": the item's first block (`<li><p>`)
+    # and its text go on this line, not on the next.
+    self.after_marker = False
+
+  def _append(self, text: str):
+    self.parts.append(text)
+    self.after_marker = False
 
   def _at_line_start(self) -> bool:
-    return not self.parts or self.parts[-1].endswith("\n")
+    return not self.parts or self.parts[-1].endswith("\n") or self.after_marker
 
-  def _newline(self):
-    if not self._at_line_start():
-      self.parts.append("\n")
+  def _end_line(self):
+    if self.parts and not self.parts[-1].endswith("\n"):
+      self._append("\n")
 
   def handle_starttag(self, tag, attrs):
     if tag == "br":
-      self.parts.append("\n")
+      if not self.after_marker:  # `<li><br>text`: the text stays on the marker's line
+        self._append("\n")
     elif tag in _BLOCK_TAGS:
-      self._newline()
+      if not self._at_line_start():
+        self._append("\n")
       if tag == "li":
-        self.parts.append("- ")
+        self._append(_LIST_MARKER)
+        self.after_marker = True
       if tag == "pre":
         self.pre_depth += 1
 
@@ -171,23 +187,34 @@ class _TextExtractor(html.parser.HTMLParser):
     if tag in _BLOCK_TAGS:
       if tag == "pre":
         self.pre_depth = max(0, self.pre_depth - 1)
-      self._newline()
+      if not self.after_marker:
+        self._end_line()
+      elif tag == "li":  # an item without text: no lone "-"
+        self.parts.pop()
+        self.after_marker = False
+      # else an empty block at the start of an item (`<li><p></p>`): the marker waits for text
 
   def handle_data(self, data):
     if self.pre_depth:
-      self.parts.append(data)
+      if self.after_marker:  # `<li><pre>\ncode`: the code starts on the marker's line
+        data = data.lstrip("\n")
+      if data:
+        self._append(data)
       return
     # Outside <pre>, HTML whitespace is layout only; line breaks come from the tags.
     text = _WHITESPACE.sub(" ", data)
     if self._at_line_start():
       text = text.lstrip()
     if text:
-      self.parts.append(text)
+      self._append(text)
 
 
 def html_to_text(body: str) -> str:
-  """Plain text of a post body: tags removed, entities unescaped, one line per block element,
-  list items prefixed "- ", and <pre> (code) blocks kept with their line breaks and indentation."""
+  """Plain text of a post body: tags removed, entities unescaped, one line per block element
+  (paragraphs, headings, list items, ... are separated by a single line break; a blank line in
+  a document separates posts, see `format_document`), list items prefixed "- " with their first
+  block on the marker's line (`<li><p>text</p></li>` -> `- text`), and <pre> (code) blocks kept
+  with their line breaks and indentation."""
   extractor = _TextExtractor()
   extractor.feed(body)
   extractor.close()

@@ -17,8 +17,20 @@ non-prose tags go, file/image/category links and interlanguage links go (they re
 text), external links keep their label, headings stay as lines, list markers and bold/italic
 quotes go, HTML tags keep their text. The file and category prefixes are the English ones plus
 the dump's own names for namespaces 6, 14 and -2 from siteinfo; localised aliases that siteinfo
-does not list (German `Bild:`) are not known. Leftover braces of unbalanced templates are removed
-with what they enclose.
+does not list (German `Bild:`) are not known.
+
+After rendering, the prose is cleaned of what template removal leaves behind: the braces of
+unbalanced templates with what they enclose (`{{broken ... }}`, a lone `{{` or `}}`), behaviour
+switches (`__NOTOC__`), and empty brackets (`()`, `( ; )`) that stood around removed templates,
+as in `Paris ({{IPA-fr|paʁi}}) is` -> `Paris is`; empty brackets right after a word, `!`, `>`,
+`]` or `)` are a call in code written as prose (`the main() function`) and stay.
+Code is left alone: the text of <code>, <tt>, <kbd>, <samp> (CODE_TAGS: their wikitext is still
+rendered, so a template inside <code> goes as anywhere) and of <nowiki> and <pre> (VERBATIM_TAGS:
+not parsed as wikitext at all) keeps its brackets, braces and underscores (`size_of::<u32>()`,
+the unit type `()`, a literal `{{`, `__FILE__`); a <pre> block also keeps its line breaks and
+indentation and stands on lines of its own. Code blocks in <syntaxhighlight>/<source> are
+dropped with the other non-prose tags. Lines that MediaWiki preformats because they begin with a
+space are not told apart from prose.
 
 Malformed input (reported, never fatal): `broken_xml` (truncated or ill-formed XML: the pages
 read before the break are kept; a truncated .bz2 read through Beam ends this way too, as Beam's
@@ -58,13 +70,31 @@ DROPPED_TAGS = frozenset({
     "ref", "references", "table", "gallery", "math", "chem", "ce", "score", "timeline",
     "imagemap", "graph", "mapframe", "maplink", "templatedata", "templatestyles", "syntaxhighlight",
     "source", "hiero", "inputbox", "categorytree", "indicator", "section", "style", "script"})
-LINE_BREAK_TAGS = frozenset({"p", "li", "dd", "dt", "tr"})
+LINE_BREAK_TAGS = frozenset({"p", "li", "dd", "dt", "tr", "pre"})
+# Tags whose text is code: rendered like any wikitext, then kept out of the prose cleanup.
+CODE_TAGS = frozenset({"code", "tt", "kbd", "samp"})
+# Tags whose content mwparserfromhell keeps as plain text (no links, no templates): verbatim.
+VERBATIM_TAGS = frozenset({"nowiki", "pre"})
 
 _INTERLANGUAGE_PREFIX = re.compile(r"[a-z]{2,3}(-[a-z]+)*")
 _LEFTOVER_TEMPLATE = re.compile(r"\{\{.*?\}\}|\{\{|\}\}", re.DOTALL)
 _BEHAVIOUR_SWITCH = re.compile(r"__[A-Z]+__")
-_EMPTY_BRACKETS = re.compile(r"\(\s*[,;]?\s*\)")
+# Empty brackets with the spaces before them; not after a word, `!`, `>`, `]` or `)`: `main()`,
+# `println!()`, `f::<T>()` are code, not leftovers.
+_EMPTY_BRACKETS = re.compile(r"[ \t\u00a0]*(?<![\w!>\])])\(\s*[,;]?\s*\)")
 _SPACES = re.compile(r"[ \t\u00a0]+")
+_PRE_EDGES = re.compile(r"\A(?:[ \t]*\n)+|\s+\Z")
+_TRAILING_SPACES = re.compile(r"[ \t]+$", re.MULTILINE)
+# Code text is hidden from the prose cleanup by swapping the characters that the cleanup
+# touches (and, in <pre>, the whitespace it normalises) for Unicode noncharacters, which are
+# never assigned and are removed from the input first; they are swapped back at the end.
+_PROTECTED = "(){}_"
+_PRE_PROTECTED = _PROTECTED + " \t\n"
+_SENTINELS = "".join(chr(0xFDD0 + i) for i in range(len(_PRE_PROTECTED)))
+_PROTECT = str.maketrans(_PROTECTED, _SENTINELS[:len(_PROTECTED)])
+_PROTECT_PRE = str.maketrans(_PRE_PROTECTED, _SENTINELS)
+_UNPROTECT = str.maketrans(_SENTINELS, _PRE_PROTECTED)
+_REMOVE_SENTINELS = str.maketrans("", "", _SENTINELS)
 _BLANK_LINES = re.compile(r"\n{3,}")
 _REDIRECT_TEXT = re.compile(r"\s*#redirect\s*:?\s*\[\[", re.IGNORECASE)
 
@@ -252,6 +282,11 @@ def _render_node(node, hidden_prefixes: frozenset[str]) -> str:
       return ""
     text = "" if node.self_closing or node.contents is None else _render(node.contents,
                                                                         hidden_prefixes)
+    if tag == "pre":
+      text = _TRAILING_SPACES.sub("", _PRE_EDGES.sub("", text.replace("\u00a0", " ")))
+      text = text.translate(_PROTECT_PRE)
+    elif tag in CODE_TAGS or tag in VERBATIM_TAGS:
+      text = text.translate(_PROTECT)
     return f"\n{text}\n" if tag in LINE_BREAK_TAGS else text
   # Templates, comments, template arguments ({{{1}}}): no text of the article.
   return ""
@@ -259,13 +294,19 @@ def _render_node(node, hidden_prefixes: frozenset[str]) -> str:
 
 def wikitext_to_text(wikitext: str,
                      hidden_prefixes: Iterable[str] = ENGLISH_HIDDEN_PREFIXES) -> str:
-  """Plain text of wikitext (module docstring); blank-line runs collapse to one blank line."""
+  """Plain text of wikitext (module docstring); blank-line runs collapse to one blank line.
+
+  The prose cleanup (leftover braces, behaviour switches, empty brackets, spaces) runs on the
+  rendered text with the code of CODE_TAGS and VERBATIM_TAGS protected (see `_PROTECTED`).
+  """
+  wikitext = wikitext.translate(_REMOVE_SENTINELS)
   text = _render(mwparserfromhell.parse(wikitext), frozenset(p.lower() for p in hidden_prefixes))
   text = _LEFTOVER_TEMPLATE.sub("", text)
   text = _BEHAVIOUR_SWITCH.sub("", text)
   text = _EMPTY_BRACKETS.sub("", text)
   lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
-  return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+  text = _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+  return text.translate(_UNPROTECT)
 
 
 def clean_wikitext(doc: Document) -> Document:

@@ -3,6 +3,7 @@
 import io
 import logging
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 from conftest import written_documents
@@ -30,9 +31,37 @@ def _post(post_id, score, post_type=2, parent_id=1):
     ("<blockquote><p>quoted</p></blockquote><hr/><h2>Title</h2>", "quoted\nTitle"),
     ("<p>&#39;quotes&#39; &quot;x&quot; &eacute;</p>", "'quotes' \"x\" é"),
     ("<p> </p>", ""),
+    # A list item's first block goes on the "- " line, as the HTML shows it.
+    ("<p>Issues:</p>\n<ul>\n<li>\n<p>A build script.</p>\n</li>\n<li>\n<p>Two builds.</p>\n"
+     "</li>\n</ul>\n<p>After.</p>", "Issues:\n- A build script.\n- Two builds.\nAfter."),
+    ("<ol><li><p>first</p><p>second paragraph</p></li><li> spaced </li></ol>",
+     "- first\nsecond paragraph\n- spaced"),
+    ("<ul><li><br>after br</li><li><div><p>nested blocks</p></div></li></ul>",
+     "- after br\n- nested blocks"),
+    ("<ul><li><pre><code>\nlet x = 1;\n  y\n</code></pre></li></ul>", "- let x = 1;\n  y"),
+    # Items without text leave no lone "-".
+    ("<ul><li></li><li><p> </p></li><li><p></p><p>text</p></li></ul>", "- text"),
+    # Paragraphs are one line each; a blank line is left to separate posts (format_document),
+    # blank lines in code stay.
+    ("<p>One.</p>\n\n<p>Two.</p><pre>a\n\nb</pre><p>Three.</p>", "One.\nTwo.\na\n\nb\nThree."),
 ])
 def test_html_to_text(body, text):
   assert stackexchange.html_to_text(body) == text
+
+
+def test_list_of_paragraphs_in_the_mini_corpus(caplog):
+  """The real Cargo FAQ answer "Why is Cargo rebuilding my code?" has `<li>\\n<p>` items."""
+  path = Path(__file__).parent.parent / "examples/mini_corpus/stackexchange/cargo-faq/Posts.xml"
+  posts = {post.id: post for post in _read(path.read_bytes(), caplog)}
+  assert posts[23].title == "Why is Cargo rebuilding my code?"
+  text = stackexchange.html_to_text(posts[24].body)
+  assert ("can cause crates to get rebuilt are:\n"
+          "- A build script prints cargo::rerun-if-changed=foo where foo is a file") in text
+  assert "\n- Two successive Cargo builds may differ" in text
+  assert not any(line.strip() == "-" for line in text.split("\n"))
+  document = stackexchange.format_document(posts[23].title, "", [text])
+  assert document.startswith("Q: Why is Cargo rebuilding my code?\n\nA: Cargo is responsible")
+  assert "\n\n" not in document.split("\n\n", 1)[1]  # one blank line: between the posts
 
 
 def test_answers_sort_by_number_not_string():

@@ -3,6 +3,7 @@
 import bz2
 import io
 import json
+from pathlib import Path
 
 import pytest
 from conftest import written_documents
@@ -75,6 +76,52 @@ def test_redirect_filter():
 ])
 def test_wikitext_to_text(wikitext, text):
   assert wikipedia.wikitext_to_text(wikitext) == text
+
+
+@pytest.mark.parametrize("wikitext, text", [
+    # Empty brackets and braces in code are code, not template leftovers.
+    ("The unit type <code>()</code> is <code><nowiki>mem::size_of::<()>()</nowiki></code>.",
+     "The unit type () is mem::size_of::<()>()."),
+    ("For example, <code><nowiki>mem::size_of::<u32>() == 4</nowiki></code>.",
+     "For example, mem::size_of::<u32>() == 4."),
+    ("Matches <code><nowiki>{()}</nowiki></code> but not <code><nowiki>{{}}</nowiki></code>.",
+     "Matches {()} but not {{}}."),
+    ("Literal <nowiki>{{</nowiki> and <nowiki>}}</nowiki> and <nowiki>{{x}}</nowiki>.",
+     "Literal {{ and }} and {{x}}."),
+    ("<tt>f()</tt>, <kbd>( )</kbd>, <samp>{{</samp>, <code>__FILE__</code>.",
+     "f(), ( ), {{, __FILE__."),
+    # A template inside <code> is still a template, and goes.
+    ("Call <code>f({{param}})</code>.", "Call f()."),
+    # <pre> keeps its brackets, braces, line breaks and indentation, on lines of its own.
+    ("Code:<pre>\nfn main() {\n    let unit = ();  \n\n    {{ x }}\n}\n</pre>After.",
+     "Code:\nfn main() {\n    let unit = ();\n\n    {{ x }}\n}\nAfter."),
+    ("<pre>\n\n\u00a0\u00a0indented  (\t)\n</pre>", "  indented  (\t)"),
+    # The prose around code is still cleaned.
+    ("Paris ({{IPA-fr|paʁi}}) has <code>f()</code>, <nowiki>{{</nowiki> }}and ( ; ) more.__NOTOC__",
+     "Paris has f(), {{ and more."),
+    ("Paris ({{IPA-fr|paʁi}}) runs <pre>a()</pre> ({{x}}) then.", "Paris runs\na()\nthen."),
+    # Empty brackets right after a word, `!`, `>`, `]` or `)` are a call written as prose.
+    ("The main() and println!() and f::<T>() and a[0]() and f()() calls ({{x}}).",
+     "The main() and println!() and f::<T>() and a[0]() and f()() calls."),
+    # The noncharacters that protect code never come from the input.
+    ("a\ufdd0b<code>\ufdd1()</code>", "ab()"),
+])
+def test_wikitext_to_text_leaves_code_alone(wikitext, text):
+  assert wikipedia.wikitext_to_text(wikitext) == text
+
+
+def test_code_in_the_mini_corpus():
+  """Real pages (The Rust Reference as wikitext) with code in <code><nowiki> and <pre>."""
+  path = (Path(__file__).parent.parent
+          / "examples/mini_corpus/wikipedia/enwiki-20260414-pages-articles.xml.bz2")
+  with bz2.open(path) as stream:
+    pages = {doc.metadata["title"]: doc for doc in wikipedia.read_dump(stream, str(path))}
+  functions = wikipedia.clean_wikitext(pages["Functions"]).text
+  assert "For example, mem::size_of::<u32>() == 4." in functions
+  tuples = wikipedia.clean_wikitext(pages["Tuple types"]).text
+  assert "the tuple type with no fields (()) is often called unit" in tuples
+  comments = wikipedia.clean_wikitext(pages["Comments"]).text
+  assert comments.startswith("Lexer\n\nCOMMENT →\n      LINE_COMMENT\n    | INNER_LINE_DOC\n")
 
 
 def test_localised_file_and_category_links():
