@@ -17,6 +17,7 @@ midway goes on from the stage it was in; remove a stage's outputs to redo it):
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -73,11 +74,11 @@ def _python(*args: str) -> None:
     raise SystemExit(f"error: `python -m {' '.join(args)}` exited with {result.returncode}")
 
 
-def _shards_done(directory: Path, tokenizer_file: Path) -> bool:
+def _shards_done(directory: Path, tokenizer_sha256: Callable[[], str]) -> bool:
   """Shards exist and were made with the current tokenizer (a retrained one redoes them)."""
   index = directory / INDEX_FILE
-  return (index.exists() and json.loads(index.read_text())["tokenizer_sha256"]
-          == tokenizer.Tokenizer(tokenizer_file).sha256)
+  return (index.exists()
+          and json.loads(index.read_text())["tokenizer_sha256"] == tokenizer_sha256())
 
 
 def _train_done(train_dir: Path, steps: int) -> bool:
@@ -144,6 +145,8 @@ def run_recipe(config, workdir: Path) -> Path:
   stages.run("tokenizer", f"SentencePiece BPE, {config.model.vocab_size} pieces",
              spm_model.exists, train_tokenizer)
 
+  # Read once, after the tokenizer stage: every source's shards are checked against it.
+  tokenizer_sha256 = functools.cache(lambda: tokenizer.Tokenizer(spm_model).sha256)
   for name in sources:
     output = workdir / "tokens" / name
 
@@ -154,7 +157,7 @@ def run_recipe(config, workdir: Path) -> Path:
                             f"--output={output}", f"--tokenizer={spm_model}", "--num_shards=2"])
 
     stages.run(f"shards/{name}", f"token shards of {name}",
-               lambda output=output: _shards_done(output, spm_model), make_shards)
+               lambda output=output: _shards_done(output, tokenizer_sha256), make_shards)
 
   def train():
     train_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,7 @@ def main(argv: list[str]) -> None:
   start = time.perf_counter()
   try:
     path = run_recipe(config, Path(_WORKDIR.value))
-  except ValueError as error:
+  except (ValueError, FileNotFoundError) as error:  # the config, or a file it names
     raise app.UsageError(str(error)) from None
   print(f"recipe finished in {time.perf_counter() - start:.0f} s; report: {path} "
         f"(and {path.with_suffix('.html')})", flush=True)

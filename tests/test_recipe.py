@@ -106,7 +106,7 @@ def test_report_training_evaluation_samples_energy_and_times(demo):
   assert _row(report, f"{last['gpu_hours']:.4g}") == [
       f"{last['gpu_hours']:.4g}", f"{last['energy_mwh']:.4g}", f"{last['tco2eq']:.4g}"]
   times = json.loads((workdir / "stages.json").read_text())
-  assert float(_row(report, "train")[1]) == times["train"]["seconds"] > 0
+  assert float(_row(report, "train")[1]) == times["train"]["seconds"]
   html = (workdir / "report.html").read_text()
   assert '<img src="loss.png"' in html and html.count("<table>") == 5
 

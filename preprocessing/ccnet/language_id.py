@@ -17,11 +17,11 @@ def min_length(doc: Document, min_chars: int = 300) -> Document | Drop:
   return doc if len(doc.text) >= min_chars else Drop("too_short")
 
 
-# lid.176.bin's own settings (its stored args: loss hs, dim 16, minn 2, maxn 4, lr 0.05, epoch 10,
-# minCount 1000; fasttext.cc blog "Fast and accurate language identification using fastText",
-# 2017, trains with -dim 16 and adds -minn 2 -maxn 4), except what suits a few hundred KB of
-# text: every word kept (minCount 1), a higher rate and more epochs over the small data, fewer
-# hash buckets. One thread and a fixed seed make the model the same on every run.
+# The architecture of fastText's language identifier (fasttext.cc blog "Fast and accurate
+# language identification using fastText", 2017: -loss hs -dim 16 -minn 2 -maxn 4); the rest is
+# ours, for a few hundred KB of text: every word kept (minCount 1), a high rate and many epochs
+# over the small data, fewer hash buckets. One thread and a fixed seed make the model the same
+# on every run.
 LANGUAGE_ID_SETTINGS = {"loss": "hs", "dim": 16, "minn": 2, "maxn": 4, "wordNgrams": 1,
                         "minCount": 1, "lr": 0.5, "epoch": 25, "bucket": 200_000, "thread": 1,
                         "seed": 0, "verbose": 0}
