@@ -19,8 +19,9 @@ $(VENV)/installed-test: pyproject.toml | $(BIN)/python
 
 # The recipe in miniature: the shipped raw corpus through the Beam pipelines (the data extra),
 # tokenizer, training, evaluation and samples, to runs/demo/report.md.
+# On the CPU, also where JAX's CUDA plugin is installed (make test installs it to compile for GPUs).
 demo: $(VENV)/installed-data
-	$(BIN)/python -m llama_jax.recipe --config=configs/mini.py --workdir=runs/demo
+	JAX_PLATFORMS=cpu $(BIN)/python -m llama_jax.recipe --config=configs/mini.py --workdir=runs/demo
 
 lint: $(VENV)/installed-test
 	$(BIN)/ruff check .

@@ -8,16 +8,23 @@ The layout is jax.nn.dot_product_attention's. Implementations:
   xla     plain JAX: materialises the [batch, heads, q, k] scores; the reference the kernels are
           tested against.
   auto    pallas on GPU, xla elsewhere.
+Choices follow what the code is compiled for, not the host that traces it: `auto` and the kernel's
+interpret mode are decided per lowering platform (jax.lax.platform_dependent), the kernel's tiles by
+the GPU of the active mesh (sharding.target_device), so a CPU host compiling for an H100 mesh gets
+the Triton kernels with Hopper tiles.
 Every implementation is local to its heads, so under shard_map with heads sharded over `tensor`
 each device attends with its own heads.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from llama_jax.kernels.flash_attention import flash_attention
+from llama_jax.kernels.flash_attention import default_block_sizes, flash_attention
+from llama_jax.sharding import target_device
 
 IMPLEMENTATIONS = ("auto", "pallas", "cudnn", "xla")
 
@@ -72,9 +79,10 @@ def _xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Ar
 
 def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
                      causal: bool) -> jax.Array:
-  if jax.default_backend() != "gpu":
-    raise ValueError(f"attention implementation 'cudnn' needs an NVIDIA GPU; the JAX backend "
-                     f"is {jax.default_backend()!r}")
+  device = target_device()
+  if device.platform != "gpu":
+    raise ValueError(f"attention implementation 'cudnn' needs an NVIDIA GPU; the code is "
+                     f"compiled for {device.platform!r}")
   if q.dtype not in (jnp.bfloat16, jnp.float16):
     raise ValueError(f"attention implementation 'cudnn' takes bfloat16 or float16; got {q.dtype}")
   # cuDNN turns a mask into a materialised bias: packed documents cost [batch, q, k] memory here.
@@ -83,14 +91,18 @@ def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
                                       implementation="cudnn")
 
 
-def resolve_implementation(implementation: str) -> str:
-  """The implementation `implementation` names on this backend ('auto' picks one)."""
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"attention implementation {implementation!r} is not available; "
-                     f"choose one of {IMPLEMENTATIONS}")
-  if implementation == "auto":
-    return "pallas" if jax.default_backend() == "gpu" else "xla"
-  return implementation
+def _pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
+                      causal: bool) -> jax.Array:
+  blocks = default_block_sizes(q.shape[-1], target_device())
+  return flash_attention(q, k, v, segment_ids, causal=causal, block_sizes=blocks)
+
+
+def _auto_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
+                    causal: bool) -> jax.Array:
+  """pallas where the program is lowered for a GPU, xla elsewhere."""
+  pallas = functools.partial(_pallas_attention, causal=causal)
+  return jax.lax.platform_dependent(q, k, v, segment_ids, cuda=pallas, rocm=pallas,
+                                    default=functools.partial(_xla_attention, causal=causal))
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
@@ -101,7 +113,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
   segment_ids [batch, seq] (integers) keep packed documents apart: a query sees only the keys of
   its own segment.
   """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation {implementation!r} is not available; "
+                     f"choose one of {IMPLEMENTATIONS}")
   _check_shapes(q, k, v, causal, segment_ids)
-  attend = {"pallas": flash_attention, "cudnn": _cudnn_attention,
-            "xla": _xla_attention}[resolve_implementation(implementation)]
+  attend = {"auto": _auto_attention, "pallas": _pallas_attention, "cudnn": _cudnn_attention,
+            "xla": _xla_attention}[implementation]
   return attend(q, k, v, segment_ids, causal=causal)

@@ -23,6 +23,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from llama_jax.attention import IMPLEMENTATIONS, dot_product_attention, masked_attention
+from llama_jax.kernels.flash_attention import RESIDUAL_NAMES
 from llama_jax.sharding import (
     HIDDEN,
     KV_CACHE,
@@ -36,8 +37,12 @@ from llama_jax.sharding import (
 REMAT_POLICIES = ("none", "full", "save_linear")
 
 # Names given (with `checkpoint_name`) to the output of every linear layer in a block; the
-# `save_linear` policy keeps exactly these and recomputes norms, RoPE, SiLU and attention.
+# `save_linear` policy keeps these and recomputes norms, RoPE, SiLU and attention, except that
+# the flash kernel's output and log-sum-exps are kept too (as the paper's xformers attention keeps
+# them for its backward): the backward kernels need them, and rerunning the forward kernel for them
+# would add half the forward's attention FLOPs again. The plain XLA attention recomputes its scores.
 LINEAR_OUTPUTS = ("query", "key", "value", "attention_out", "mlp_gate", "mlp_up", "mlp_down")
+SAVED_BY_SAVE_LINEAR = LINEAR_OUTPUTS + RESIDUAL_NAMES
 
 # No published LLaMA-1 initialisation; N(0, 0.02) is Hugging Face's LLaMA default.
 _INIT = nnx.initializers.normal(stddev=0.02)
@@ -228,7 +233,7 @@ class Block(nnx.Module):
 def _remat(fn, policy: str):
   if policy == "none":
     return fn
-  saveable = (jax.checkpoint_policies.save_only_these_names(*LINEAR_OUTPUTS)
+  saveable = (jax.checkpoint_policies.save_only_these_names(*SAVED_BY_SAVE_LINEAR)
               if policy == "save_linear" else jax.checkpoint_policies.nothing_saveable)
   # prevent_cse=False is safe under scan and lets XLA share work between the recomputed copies.
   return jax.checkpoint(fn, policy=saveable, prevent_cse=False)

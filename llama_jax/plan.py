@@ -1,13 +1,15 @@
 """Will it fit? Per-device memory of the train step on a mesh of any size, without the devices.
 
   python -m llama_jax.plan --config=configs/65b.py --devices=2048 --device_memory_gb=80 \
-      [--mesh=data=1,fsdp=-1,tensor=8] [--gpu=a100]
+      [--mesh=data=1,fsdp=-1,tensor=8] [--gpu=a100|h100] [--gpus_per_node=8]
 
-The train step is compiled ahead of time by XLA for `--devices` simulated host devices (CPU, no
-accelerator needed): per device, the parameters, optimizer state and gradients are counted
-exactly from their shard shapes, and XLA's buffer assignment gives the activations and other
-temporaries (its temp bytes less the gradients, which live there). The CPU compiler is not the GPU
-one, so the activation figure is an estimate of the GPU's.
+The train step is compiled ahead of time by XLA's GPU compiler for `--devices` GPUs of kind
+`--gpu` in nodes of `--gpus_per_node` (llama_jax.gpu_compile: no GPU needed, JAX's CUDA plugin
+is): per device, the parameters, optimizer state and gradients are counted exactly from their
+shard shapes, and the GPU buffer assignment gives the activations and other temporaries (its temp
+bytes less the gradients, which live there). Without the plugin the step is compiled for simulated
+CPU devices instead, and the output says so: the CPU compiler's activation figure is an estimate,
+about twice the GPU's on configs/1b.py (docs/results/sharding.md).
 
 Without --mesh, every mesh with `tensor` inside one node is tried, pure FSDP and FSDP inside a node
 with data parallelism across nodes, and the one that fits with the least estimated communication
@@ -20,12 +22,14 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from llama_jax import gpu_compile
 from llama_jax.config import load_config_file, parse_flags
 from llama_jax.model import ModelConfig, abstract_model, count_params
 from llama_jax.optim import make_optimizer, total_steps
@@ -37,8 +41,8 @@ _DEVICES = flags.DEFINE_integer("devices", None, "GPUs in the run", required=Tru
 _MEMORY = flags.DEFINE_float("device_memory_gb", 80.0, "memory per GPU, GB (1e9 bytes)")
 _MESH = flags.DEFINE_string("mesh", None, "data=D,fsdp=F,tensor=T (-1: the rest); default: try "
                             "the candidates and recommend one")
-_GPU = flags.DEFINE_enum("gpu", "a100", ["a100", "h100"], "link speeds for the communication "
-                         "estimate")
+_GPU = flags.DEFINE_enum("gpu", "a100", sorted(gpu_compile.GPUS), "the GPU compiled for (XLA's "
+                         "target config), and its link speeds for the communication estimate")
 _GPUS_PER_NODE = flags.DEFINE_integer("gpus_per_node", 8, "GPUs joined by NVLink")
 _BATCH = flags.DEFINE_integer("batch_size", None, "sequences per step (default: the config's "
                               "train.batch_size)")
@@ -99,10 +103,12 @@ def _state_bytes(tree) -> int:
              for leaf in jax.tree.leaves(tree))
 
 
-def plan_mesh(config, mesh_sizes: dict[str, int], devices: int, batch_size: int) -> dict:
-  """Compiles the step for `mesh_sizes` on the simulated devices; per-device bytes by kind."""
+def plan_mesh(config, mesh_sizes: dict[str, int], devices: Sequence[jax.Device],
+              batch_size: int) -> dict:
+  """Compiles the step for `mesh_sizes` on `devices` (GPUs from llama_jax.gpu_compile, or
+  simulated CPU devices); per-device bytes by kind."""
   model_config = ModelConfig.from_dict(config.model)
-  mesh = make_mesh(mesh_sizes, jax.devices()[:devices])
+  mesh = make_mesh(mesh_sizes, devices)
   sizes = dict(mesh.shape)
   check_fits(model_config, sizes, batch_size, config.mesh.sequence_parallel)
   mesh_rules = MeshRules(mesh, logical_rules(config.mesh.sequence_parallel))
@@ -132,15 +138,24 @@ def main(argv: list[str]) -> None:
               candidate_meshes(model_config, _DEVICES.value, _GPUS_PER_NODE.value))
   except ValueError as error:
     raise app.UsageError(str(error)) from None
+  try:
+    devices = gpu_compile.gpu_devices(_GPU.value, _DEVICES.value, _GPUS_PER_NODE.value)
+    compiler = f"XLA's GPU compiler for {devices[0].device_kind}"
+  except gpu_compile.GpuCompilerMissing:
+    devices = jax.devices("cpu")[:_DEVICES.value]
+    compiler = ("the CPU compiler, an estimate (about twice the GPU's activations): "
+                + gpu_compile.INSTALL_HINT)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   print(f"{_CONFIG.value}: {params / 1e9:.2f}B parameters, batch {batch_size} x "
         f"{model_config.context_length} = {batch_tokens / 1e6:.1f}M tokens, {_DEVICES.value} "
-        f"devices of {_MEMORY.value:g} GB; per device, GB (1e9 bytes):")
+        f"devices of {_MEMORY.value:g} GB; per device, GB (1e9 bytes), compiled by {compiler}:")
   print(f"{'mesh (data, fsdp, tensor)':>26} {'params':>7} {'optim':>7} {'grads':>7} "
         f"{'activ.':>7} {'total':>7} {'fits':>5} {'comm s/step':>12}")
   rows = []
   for mesh_sizes in meshes:
     try:
-      row = plan_mesh(config, mesh_sizes, _DEVICES.value, batch_size)
+      row = plan_mesh(config, mesh_sizes, devices, batch_size)
     except ValueError as error:
       print(f"{str(tuple(mesh_sizes.values())):>26}  does not fit the model: {error}")
       continue
@@ -162,9 +177,10 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  # The simulated devices must be asked for before JAX starts its CPU backend.
+  # Without the GPU compiler, the simulated CPU devices must be asked for before JAX starts its
+  # CPU backend.
   devices_flag = [a for a in sys.argv if a.startswith("--devices=")]
-  if devices_flag:
+  if devices_flag and not gpu_compile.gpu_compiler_installed():
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
                                f"device_count={devices_flag[-1].split('=', 1)[1]}")
   jax.config.update("jax_platforms", "cpu")

@@ -88,6 +88,13 @@ def activation_sharding(mesh_rules: MeshRules) -> Iterator[None]:
     _ACTIVE.reset(token)
 
 
+def target_device() -> jax.Device:
+  """The kind of device the code being traced is compiled for: the active mesh's (which may be
+  GPUs compiled for from a CPU host, llama_jax.gpu_compile), else JAX's default device."""
+  mesh_rules = _ACTIVE.get()
+  return jax.devices()[0] if mesh_rules is None else mesh_rules.mesh.devices.flat[0]
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   """Sharding constraint by logical names; the identity outside `activation_sharding`."""
   mesh_rules = _ACTIVE.get()

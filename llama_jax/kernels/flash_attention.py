@@ -12,7 +12,9 @@ Dao 2023) as three Pallas kernels written for the Triton backend (A100, H100):
 
 Causal skipping is done by loop bounds: blocks entirely above the diagonal are never loaded; the
 blocks that straddle it run a masked variant of the loop body, the blocks below it an unmasked one.
-On other backends (the CPU tests) the same kernels run in Pallas interpret mode.
+Where the program is lowered for another platform (the CPU tests) the same kernels run in Pallas
+interpret mode: the choice is made per lowering platform (jax.lax.platform_dependent), so a CPU host
+compiling for a GPU gets the Triton kernels.
 
 Sequences that are not a multiple of the block size are zero-padded to one; padded keys are hidden
 by the causal mask or, without it, by segment ids. `flash_attention` expects the shapes that
@@ -28,10 +30,13 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 DTYPES = (jnp.bfloat16, jnp.float32)
+# checkpoint_name of the forward kernel's output and row log-sum-exps: the backward's residuals.
+RESIDUAL_NAMES = ("flash_attention_out", "flash_attention_lse")
 # Triton tiles are powers of two and its matmuls need at least 16 along each dimension.
 HEAD_DIMS = (16, 32, 64, 128)
 MIN_BLOCK = 16
@@ -108,8 +113,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   """softmax(q k^T / sqrt(head_dim)) v for q, k, v [batch, seq, heads, head_dim].
 
   segment_ids [batch, seq] (integers, queries and keys alike) keep packed documents apart: a query
-  sees only keys of its own segment. block_sizes defaults to `default_block_sizes`; interpret
-  defaults to True off GPU.
+  sees only keys of its own segment. block_sizes defaults to `default_block_sizes` of JAX's
+  default device; interpret defaults to True where the program is lowered for anything but a GPU.
   """
   head_dim = q.shape[-1]
   if not q.dtype == k.dtype == v.dtype or q.dtype not in DTYPES:
@@ -118,8 +123,6 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   if head_dim not in HEAD_DIMS:
     raise ValueError(f"pallas attention supports head_dim in {HEAD_DIMS}; got {head_dim} "
                      "(use implementation='xla')")
-  if interpret is None:
-    interpret = jax.default_backend() != "gpu"
   q_len, kv_len = q.shape[1], k.shape[1]
   blocks = (block_sizes or default_block_sizes(head_dim)).clamped(max(q_len, kv_len))
   q_pad, kv_pad = -q_len % blocks.largest, -kv_len % blocks.largest
@@ -135,8 +138,14 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     padding_id = jnp.min(kv_segments).astype(jnp.int32) - 1
     q_segments = _pad(q_segments.astype(jnp.int32), q_pad, padding_id)
     kv_segments = _pad(kv_segments.astype(jnp.int32), kv_pad, padding_id)
-  out = _attention(_pad(q, q_pad), _pad(k, kv_pad), _pad(v, kv_pad), q_segments, kv_segments,
-                   causal, blocks, interpret)
+  args = (_pad(q, q_pad), _pad(k, kv_pad), _pad(v, kv_pad), q_segments, kv_segments)
+  attend = functools.partial(_attention, causal=causal, blocks=blocks)
+  if interpret is None:
+    triton = functools.partial(attend, interpret=False)
+    out = lax.platform_dependent(*args, cuda=triton, rocm=triton,
+                                 default=functools.partial(attend, interpret=True))
+  else:
+    out = attend(*args, interpret=interpret)
   return out[:, :q_len]
 
 
@@ -330,6 +339,9 @@ def _forward(q, k, v, q_segments, kv_segments, causal, blocks, interpret):
   out, lse = _call(kernel, tiling, q_len // tiling.block_q, q, interpret, "flash_attention_forward",
                    (q_tile, kv_all, kv_all, q_seg, kv_seg_all), (q_tile, q_stat), out_shape,
                    *operands)
+  # Named, so that a remat policy can keep what the backward kernels need instead of running the
+  # forward kernel again (the model's save_linear does, as xformers keeps them in the paper).
+  out, lse = checkpoint_name(out, RESIDUAL_NAMES[0]), checkpoint_name(lse, RESIDUAL_NAMES[1])
   return out, (q, k, v, q_segments, kv_segments, out, lse)
 
 
