@@ -7,7 +7,8 @@ for each GPU's XLA target with the default tilings and prints one JSON object pe
 tiling, registers per thread, spill bytes per thread (stores + loads, from ptxas), shared memory per
 block, grid, threads per block, resident blocks per SM and the resource that limits them
 (llama_jax.gpu_compile). With --sweep, each kernel's candidate tilings instead (SWEEP, one kernel
-at a time), which is how the defaults were chosen (docs/results/attention.md). Compile-time facts
+at a time), then the one `choose` picks for each kernel: how the defaults were chosen
+(docs/results/attention.md). Compile-time facts
 only: nothing here measures speed.
 """
 
@@ -53,8 +54,29 @@ def rows(gpu: str, head_dim: int, blocks: BlockSizes, shape: tuple[int, int, int
         "num_stages": tiling.num_stages, "registers": kernel.registers,
         "spill_bytes": kernel.spill_bytes, "shared_memory": kernel.shared_memory,
         "grid": list(kernel.grid), "threads": kernel.threads,
-        "blocks_per_sm": kernel.blocks_per_sm, "limited_by": kernel.limited_by})
+        "blocks_per_sm": kernel.blocks_per_sm, "limited_by": kernel.limited_by,
+        "ptxas_warnings": list(kernel.warnings)})
   return result
+
+
+def choose(rows: list[dict]) -> dict:
+  """The tiling each kernel gets by the rule docs/results/attention.md states, from sweep rows.
+
+  No spill and no ptxas warning; at least 64 rows of the resident operand (FlashAttention-2/3
+  keep 64 or 128: each resident block streams the other operand past it once); 15 registers of
+  headroom below the 255 limit where any candidate has them; then the most resident warps per SM,
+  the larger tile, the fewer stages.
+  """
+  def resident(row):
+    return row["block_k"] if row["kernel"] == "dkv" else row["block_q"]
+
+  usable = [row for row in rows if "error" not in row and row["spill_bytes"] == 0
+            and not row["ptxas_warnings"] and resident(row) >= 64]
+  roomy = [row for row in usable if row["registers"] <= 240] or usable
+  if not roomy:
+    raise ValueError("no candidate tiling compiles without spilling")
+  return max(roomy, key=lambda row: (row["blocks_per_sm"] * row["num_warps"],
+                                     row["block_q"] * row["block_k"], -row["num_stages"]))
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -79,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
       candidates = ([(kernel, dataclasses.replace(BlockSizes(*[_SWEEP_BASE] * 3), **{kernel: t}))
                      for kernel, tilings in SWEEP.items() for t in tilings] if args.sweep
                     else [(None, default_block_sizes(head_dim, device))])
+      swept_rows = []
       for swept, blocks in candidates:
         try:
           measured = [row for row in rows(gpu, head_dim, blocks, args.shape)
@@ -89,6 +112,11 @@ def main(argv: list[str] | None = None) -> None:
                        "error": str(error).splitlines()[0]}]
         for row in measured:
           print(json.dumps(row), flush=True)
+        swept_rows.extend(measured)
+      if args.sweep:
+        for kernel in SWEEP:
+          best = choose([row for row in swept_rows if row["kernel"] == kernel])
+          print(json.dumps({**best, "benchmark": "kernel_resources_choice"}), flush=True)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ class KernelResources:
   spill_loads: int
   blocks_per_sm: int
   limited_by: str  # the resource that sets blocks_per_sm
+  warnings: tuple[str, ...] = ()  # ptxas's, e.g. C7515: Hopper's wgmma serialized
 
   @property
   def spill_bytes(self) -> int:
@@ -153,21 +154,23 @@ _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGISTERS = re.compile(r"Used (\d+) registers")
 
 
-def _ptxas_report(ptx: Path) -> dict[str, tuple[int, int, int]]:
-  """{entry: (registers, spill store bytes, spill load bytes)} from `ptxas -v` on one PTX file."""
+def _ptxas_report(ptx: Path) -> dict[str, tuple[int, int, int, tuple[str, ...]]]:
+  """{entry: (registers, spill store bytes, spill load bytes, warnings)} from `ptxas -v` on one
+  PTX file (XLA writes one kernel per file)."""
   target = re.search(r"^\.target (\w+)", ptx.read_text(), re.MULTILINE)
   if target is None:
     return {}  # XLA writes an empty PTX file for a module part with no kernels
   result = subprocess.run([_ptxas(), "-v", f"-arch={target.group(1)}", str(ptx), "-o", "/dev/null"],
                           capture_output=True, text=True, check=True)
   report, entry, spills = {}, None, (0, 0)
+  warnings = tuple(line.strip() for line in result.stderr.splitlines() if "warning" in line)
   for line in result.stderr.splitlines():
     if match := _ENTRY.search(line):
       entry, spills = match.group(1), (0, 0)
     elif match := _SPILLS.search(line):
       spills = (int(match.group(1)), int(match.group(2)))
     elif (match := _REGISTERS.search(line)) and entry:
-      report[entry] = (int(match.group(1)), *spills)
+      report[entry] = (int(match.group(1)), *spills, warnings)
   return report
 
 
@@ -205,12 +208,12 @@ def kernel_resources(dump_dir: str | Path, gpu: str) -> list[KernelResources]:
         continue  # a library call (cuBLAS, cuDNN): no PTX of ours
       threads = math.prod(int(n) for n in match.group(3).split(","))
       shared_memory = int(match.group(4))
-      used, stores, loads = registers[name]
+      used, stores, loads, warnings = registers[name]
       fit, limit = blocks_per_sm(limits, threads, used, shared_memory)
       kernels.append(KernelResources(
           name=name, grid=tuple(int(n) for n in match.group(2).split(",")), threads=threads,
           shared_memory=shared_memory, registers=used, spill_stores=stores, spill_loads=loads,
-          blocks_per_sm=fit, limited_by=limit))
+          blocks_per_sm=fit, limited_by=limit, warnings=warnings))
   return kernels
 
 

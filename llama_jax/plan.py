@@ -148,7 +148,7 @@ def main(argv: list[str]) -> None:
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   print(f"{_CONFIG.value}: {params / 1e9:.2f}B parameters, batch {batch_size} x "
-        f"{model_config.context_length} = {batch_tokens / 1e6:.1f}M tokens, {_DEVICES.value} "
+        f"{model_config.context_length} = {batch_tokens:,} tokens, {_DEVICES.value} "
         f"devices of {_MEMORY.value:g} GB; per device, GB (1e9 bytes), compiled by {compiler}:")
   print(f"{'mesh (data, fsdp, tensor)':>26} {'params':>7} {'optim':>7} {'grads':>7} "
         f"{'activ.':>7} {'total':>7} {'fits':>5} {'comm s/step':>12}")

@@ -81,5 +81,5 @@ def test_auto_is_xla_on_cpu_and_cudnn_needs_a_gpu():
   q, k, v = _qkv()
   np.testing.assert_array_equal(dot_product_attention(q, k, v),
                                 dot_product_attention(q, k, v, implementation="xla"))
-  with pytest.raises(ValueError, match="'cudnn' needs an NVIDIA GPU; the code is compiled for 'cpu'"):
+  with pytest.raises(ValueError, match="'cudnn' needs an NVIDIA GPU; the code is compiled for"):
     dot_product_attention(q, k, v, implementation="cudnn")

@@ -40,7 +40,7 @@ def test_default_tilings_do_not_spill(gpu, head_dim):
   kernels = gpu_compile.flash_attention_resources(gpu, head_dim)
   assert sorted(k.name for k in kernels) == KERNELS
   for kernel in kernels:
-    assert kernel.spill_bytes == 0, kernel
+    assert kernel.spill_bytes == 0 and not kernel.warnings, kernel
     assert kernel.registers <= 255 and kernel.blocks_per_sm >= 1, kernel
     assert kernel.grid[1:] == (4, 16)  # (blocks, batch, heads) at the default (4, 2048, 16)
 

@@ -82,18 +82,17 @@ class BlockSizes:
     return max(max(t.block_q, t.block_k) for t in (self.forward, self.dq, self.dkv))
 
 
-# Starting points from the settings of Triton's fused-attention tutorial for these generations,
-# not yet measured here (benchmarks/attention.py, docs/results/attention.md). The backward kernels
-# keep the looped-over dimension short: small streamed tiles, a large resident one.
+# Chosen by `python -m benchmarks.kernel_resources --sweep`, which compiles each kernel's candidate
+# tilings for H100 (sm_90a) and A100 (sm_80) without a GPU and keeps, by a stated rule, one that
+# does not spill with the most resident warps per SM (docs/results/attention.md). Not yet timed on
+# a GPU. Tiling(block_q, block_k, num_warps, num_stages).
 _DEFAULT_BLOCK_SIZES = {
-    ("ampere", 64): BlockSizes(Tiling(128, 64, num_warps=4, num_stages=3),
-                               Tiling(64, 32), Tiling(32, 64)),
-    ("ampere", 128): BlockSizes(Tiling(128, 64, num_warps=8, num_stages=2),
-                                Tiling(64, 32), Tiling(32, 64)),
-    ("hopper", 64): BlockSizes(Tiling(128, 128, num_warps=8, num_stages=3),
-                               Tiling(128, 32, num_stages=3), Tiling(32, 128, num_stages=3)),
-    ("hopper", 128): BlockSizes(Tiling(128, 64, num_warps=8, num_stages=3),
-                                Tiling(128, 32, num_stages=3), Tiling(32, 128, num_stages=3)),
+    ("ampere", 64): BlockSizes(Tiling(64, 64, 4, 2), Tiling(128, 32, 8, 2), Tiling(128, 64, 8, 2)),
+    ("ampere", 128): BlockSizes(Tiling(128, 64, 8, 2), Tiling(64, 128, 8, 2),
+                                Tiling(64, 64, 8, 2)),
+    ("hopper", 64): BlockSizes(Tiling(128, 64, 8, 2), Tiling(64, 32, 4, 2), Tiling(32, 64, 8, 2)),
+    ("hopper", 128): BlockSizes(Tiling(128, 128, 8, 2), Tiling(128, 32, 8, 2),
+                                Tiling(64, 64, 8, 2)),
 }
 
 
