@@ -32,6 +32,7 @@ from llama_jax.sharding import (
     RESIDUAL,
     constrain,
     shard_locally,
+    vocab_parallel_lookup,
 )
 
 REMAT_POLICIES = ("none", "full", "save_linear")
@@ -259,10 +260,11 @@ class Llama(nnx.Module):
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be integers shaped [batch, seq], got {tokens.dtype}"
                        f"{list(tokens.shape)}")
-    # The table is gathered over `fsdp` first (as ZeRO-3 gathers any weight before use); its
-    # vocabulary stays split over `tensor`, where each device looks up the tokens it holds.
-    table = constrain(self.embedding[...], ("vocab", None))
-    return constrain(jnp.take(table, tokens, axis=0).astype(self.config.dtype), RESIDUAL)
+    # The table is gathered over `fsdp` first (as ZeRO-3 gathers any weight before use), in the
+    # compute dtype (rows are copied, so casting first changes no value and halves the bytes);
+    # its vocabulary stays split over `tensor`, where each device looks up the tokens it holds.
+    table = constrain(self.embedding[...].astype(self.config.dtype), ("vocab", None))
+    return constrain(vocab_parallel_lookup(table, tokens), RESIDUAL)
 
   def _logits(self, x: jax.Array) -> jax.Array:
     logits = jnp.einsum("btd,dv->btv", self.norm(x), self.output[...].astype(x.dtype),

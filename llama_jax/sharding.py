@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -116,6 +117,40 @@ def shard_locally(fn: Callable, in_axes: Sequence[Sequence[str | None]],
   return jax.shard_map(fn, mesh=mesh_rules.mesh,
                        in_specs=tuple(mesh_rules.spec(axes) for axes in in_axes),
                        out_specs=mesh_rules.spec(out_axes), check_vma=False)
+
+
+def vocab_parallel_lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
+  """table[tokens] as RESIDUAL activations, for a table [vocab, dim] placed by the rules.
+
+  Megatron's vocabulary-parallel embedding, written out under shard_map: each device looks up
+  the tokens its slice of the vocabulary holds (zero rows for the others) and the partial rows are
+  summed across the devices of the vocabulary's axis, reduce-scattered along the sequence when
+  the residual stream is split there (sequence parallelism). Left to the partitioner, the GPU
+  compiler gathered the whole table instead (tests/test_gpu_compile.py). A plain lookup outside
+  `activation_sharding` or when the vocabulary is not split.
+  """
+  mesh_rules = _ACTIVE.get()
+  table_spec = None if mesh_rules is None else mesh_rules.spec(("vocab", None))
+  vocab_axis = None if table_spec is None else table_spec[0]
+  if vocab_axis is None or mesh_rules.mesh.shape[vocab_axis] == 1:
+    return jnp.take(table, tokens, axis=0)
+  residual_spec = mesh_rules.spec(RESIDUAL)
+  if residual_spec[1] not in (None, vocab_axis):
+    raise ValueError(f"the residual sequence axis {residual_spec[1]!r} must be the vocabulary's "
+                     f"axis {vocab_axis!r} or none")
+
+  def local(table, tokens):
+    rows = table.shape[0]
+    index = tokens - jax.lax.axis_index(vocab_axis) * rows
+    held = (index >= 0) & (index < rows)
+    partial = jnp.where(held[..., None], jnp.take(table, jnp.clip(index, 0, rows - 1), axis=0), 0)
+    if residual_spec[1] is None:
+      return jax.lax.psum(partial, vocab_axis)
+    return jax.lax.psum_scatter(partial, vocab_axis, scatter_dimension=1, tiled=True)
+
+  return jax.shard_map(local, mesh=mesh_rules.mesh,
+                       in_specs=(table_spec, mesh_rules.spec(TOKENS)), out_specs=residual_spec,
+                       check_vma=False)(table, tokens)
 
 
 def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
