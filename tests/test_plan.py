@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
+from llama_jax import gpu_compile
 from llama_jax.model import ModelConfig, abstract_model, count_params
 from llama_jax.plan import (
   LINKS_GB_S,
@@ -15,6 +16,8 @@ from llama_jax.plan import (
   plan_mesh,
 )
 from llama_jax.sharding import parse_mesh
+
+A100S = gpu_compile.gpu_devices("a100", 8)  # compiled for, without a GPU
 
 
 @pytest.fixture
@@ -28,7 +31,7 @@ def test_state_bytes_are_the_shards_of_the_model(tiny):
   model_config = ModelConfig.from_dict(tiny.model)
   params = count_params(abstract_model(model_config))
   norm_scales = (2 * model_config.n_layers + 1) * model_config.dim
-  row = plan_mesh(tiny, {"data": 1, "fsdp": 4, "tensor": 2}, 8, batch_size=8)
+  row = plan_mesh(tiny, {"data": 1, "fsdp": 4, "tensor": 2}, A100S, batch_size=8)
   assert row["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
   # Weight matrices split 8 ways (fsdp x tensor), norm scales only over fsdp; AdamW keeps two
   # float32 moments per parameter, and optax adds a step counter (4 bytes, replicated).
@@ -36,14 +39,14 @@ def test_state_bytes_are_the_shards_of_the_model(tiny):
   assert row["optimizer_state"] - 2 * row["params"] in (4, 8)
   assert row["activations_and_temporaries"] > 0
   assert row["total"] > row["params"] + row["optimizer_state"]
-  replicated = plan_mesh(tiny, {"data": 8, "fsdp": 1, "tensor": 1}, 8, batch_size=8)
+  replicated = plan_mesh(tiny, {"data": 8, "fsdp": 1, "tensor": 1}, A100S, batch_size=8)
   assert replicated["params"] == params * 4
 
 
 def test_a_model_that_cannot_split_is_reported(tiny):
   tiny.model.n_heads = 4
   with pytest.raises(ValueError, match="n_heads=4 is not divisible by mesh.tensor=8"):
-    plan_mesh(tiny, {"data": 1, "fsdp": 1, "tensor": 8}, 8, batch_size=8)
+    plan_mesh(tiny, {"data": 1, "fsdp": 1, "tensor": 8}, A100S, batch_size=8)
 
 
 def test_candidates_keep_tensor_inside_a_node():
