@@ -7,7 +7,7 @@ The layout is jax.nn.dot_product_attention's. Implementations:
           float16 only.
   xla     plain JAX: materialises the [batch, heads, q, k] scores; the reference the kernels are
           tested against.
-  auto    pallas on GPU, xla elsewhere.
+  auto    pallas on GPU (where the kernel takes the dtype and head_dim), xla elsewhere.
 Choices follow what the code is compiled for, not the host that traces it: `auto` and the kernel's
 interpret mode are decided per lowering platform (jax.lax.platform_dependent), the kernel's tiles by
 the GPU of the active mesh (sharding.target_device), so a CPU host compiling for an H100 mesh gets
@@ -23,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from llama_jax.kernels.flash_attention import default_block_sizes, flash_attention
+from llama_jax.kernels.flash_attention import default_block_sizes, flash_attention, unsupported
 from llama_jax.sharding import target_device
 
 IMPLEMENTATIONS = ("auto", "pallas", "cudnn", "xla")
@@ -99,10 +99,13 @@ def _pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax
 
 def _auto_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
                     causal: bool) -> jax.Array:
-  """pallas where the program is lowered for a GPU, xla elsewhere."""
+  """pallas where the program is lowered for a GPU, xla elsewhere and for what the kernel does
+  not take (float16, other head dims)."""
+  xla = functools.partial(_xla_attention, causal=causal)
+  if unsupported(q, k, v):
+    return xla(q, k, v, segment_ids)
   pallas = functools.partial(_pallas_attention, causal=causal)
-  return jax.lax.platform_dependent(q, k, v, segment_ids, cuda=pallas, rocm=pallas,
-                                    default=functools.partial(_xla_attention, causal=causal))
+  return jax.lax.platform_dependent(q, k, v, segment_ids, cuda=pallas, rocm=pallas, default=xla)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,

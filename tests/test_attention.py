@@ -78,8 +78,9 @@ def test_segment_ids_equal_attention_per_document(causal):
 
 
 def test_auto_is_xla_on_cpu_and_cudnn_needs_a_gpu():
-  q, k, v = _qkv()
-  np.testing.assert_array_equal(dot_product_attention(q, k, v),
-                                dot_product_attention(q, k, v, implementation="xla"))
+  for head_dim in (16, 12):  # 12: a head_dim the Pallas kernel does not take
+    q, k, v = _qkv(head_dim=head_dim)
+    np.testing.assert_array_equal(dot_product_attention(q, k, v),
+                                  dot_product_attention(q, k, v, implementation="xla"))
   with pytest.raises(ValueError, match="'cudnn' needs an NVIDIA GPU; the code is compiled for"):
     dot_product_attention(q, k, v, implementation="cudnn")

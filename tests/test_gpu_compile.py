@@ -109,6 +109,11 @@ def test_auto_attention_follows_the_platform_it_is_lowered_for():
       lowering_platforms=(platform,)).as_text() for platform in ("cuda", "cpu")}
   assert lowered["cuda"].count("xla.gpu.triton(") == 1
   assert "triton" not in lowered["cpu"]
+  # What the kernel does not take (head_dim 48, float16) stays plain XLA on a GPU too.
+  for shape, dtype in (((1, 128, 2, 48), jnp.bfloat16), ((1, 128, 2, 64), jnp.float16)):
+    x = jax.ShapeDtypeStruct(shape, dtype)
+    assert "triton" not in jax.jit(dot_product_attention).trace(x, x, x).lower(
+        lowering_platforms=("cuda",)).as_text()
 
 
 def _dots(hlo: str) -> int:

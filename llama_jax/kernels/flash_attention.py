@@ -105,6 +105,17 @@ def default_block_sizes(head_dim: int, device: jax.Device | None = None) -> Bloc
   return _DEFAULT_BLOCK_SIZES[generation, 64 if head_dim <= 64 else 128]
 
 
+def unsupported(q: jax.Array, k: jax.Array, v: jax.Array) -> str | None:
+  """Why the kernels cannot take these inputs, or None when they can."""
+  if not q.dtype == k.dtype == v.dtype or q.dtype not in DTYPES:
+    return (f"pallas attention takes q, k, v all bfloat16 or all float32; got {q.dtype}, "
+            f"{k.dtype}, {v.dtype}")
+  if q.shape[-1] not in HEAD_DIMS:
+    return (f"pallas attention supports head_dim in {HEAD_DIMS}; got {q.shape[-1]} (use "
+            "implementation='xla')")
+  return None
+
+
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                     segment_ids: jax.Array | None = None, *, causal: bool = True,
                     block_sizes: BlockSizes | None = None,
@@ -116,12 +127,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   default device; interpret defaults to True where the program is lowered for anything but a GPU.
   """
   head_dim = q.shape[-1]
-  if not q.dtype == k.dtype == v.dtype or q.dtype not in DTYPES:
-    raise ValueError(f"pallas attention takes q, k, v all bfloat16 or all float32; got "
-                     f"{q.dtype}, {k.dtype}, {v.dtype}")
-  if head_dim not in HEAD_DIMS:
-    raise ValueError(f"pallas attention supports head_dim in {HEAD_DIMS}; got {head_dim} "
-                     "(use implementation='xla')")
+  if reason := unsupported(q, k, v):
+    raise ValueError(reason)
   q_len, kv_len = q.shape[1], k.shape[1]
   blocks = (block_sizes or default_block_sizes(head_dim)).clamped(max(q_len, kv_len))
   q_pad, kv_pad = -q_len % blocks.largest, -kv_len % blocks.largest
