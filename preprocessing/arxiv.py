@@ -5,9 +5,11 @@ possibly in subdirectories, with figures and other files beside them; or a singl
 which arXiv serves as the gzipped .tex (`<id>.gz`). The document id is the file name without its
 archive extensions, i.e. the arXiv id. Per paper:
   1. unpack the raw bytes, decompressing gzip here rather than by the file name so that a
-     truncated stream is caught (malformed: `empty_file`, `broken_gzip`, `broken_archive`); a
-     file that is neither gzip nor tar is taken for a lone .tex file. Every unpacked paper
-     counts in `documents_read`.
+     truncated stream is caught (malformed: `empty_file`, `broken_gzip`, `broken_archive`), and
+     within preprocessing.decompress's limits, so that a decompression bomb is refused before it
+     is held (malformed: `decompression_bomb`, also for a member declaring more than the member
+     limit); a file that is neither gzip nor tar is taken for a lone .tex file. Every unpacked
+     paper counts in `documents_read`.
   2. find the main file: a .tex file with `\\documentclass` (or LaTeX 2.09's `\\documentstyle`)
      and `\\begin{document}` outside comments (Drop `no_main_tex`). If several qualify, the one
      nearest the archive root wins, then the one longest after inlining (a standalone
@@ -49,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import io
 import posixpath
 import re
@@ -62,6 +63,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 
 from preprocessing import pipeline as wiring
+from preprocessing.decompress import LIMITS, DecompressionBomb, Limits, decompress
 from preprocessing.document import Document, Drop
 from preprocessing.pipeline import ReadFiles, count, report_malformed
 from preprocessing.wet import Malformed
@@ -107,13 +109,16 @@ def arxiv_id(path: str) -> str:
   return name
 
 
-def unpack(data: bytes, paper_id: str) -> dict[str, bytes]:
-  """Files of one paper by normalised path; a lone .tex file is named `<paper_id>.tex`."""
+def unpack(data: bytes, paper_id: str, limits: Limits = LIMITS) -> dict[str, bytes]:
+  """Files of one paper by normalised path; a lone .tex file is named `<paper_id>.tex`. Output
+  past `limits` (a decompression bomb) is refused before it is held."""
   if not data:
     raise UnpackError("empty_file")
   if data[:2] == b"\x1f\x8b":  # still gzip when the file name did not say so
     try:
-      data = gzip.decompress(data)
+      data = decompress(data, "gzip", limits)
+    except DecompressionBomb:
+      raise UnpackError("decompression_bomb") from None
     except (OSError, EOFError, zlib.error):
       raise UnpackError("broken_gzip") from None
   if not tarfile.is_tarfile(io.BytesIO(data)):
@@ -123,6 +128,8 @@ def unpack(data: bytes, paper_id: str) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
       for member in tar:
         if member.isfile():
+          if member.size > limits.max_member_bytes:
+            raise UnpackError("decompression_bomb")
           files[posixpath.normpath(member.name)] = tar.extractfile(member).read()
   except (tarfile.TarError, EOFError, OSError, zlib.error):
     raise UnpackError("broken_archive") from None
