@@ -47,10 +47,8 @@ CoGroupByKey, so no worker holds more than one bucket or one book at a time.
 from __future__ import annotations
 
 import argparse
-import bz2
 import codecs
 import dataclasses
-import gzip
 import hashlib
 import re
 import zlib
@@ -59,10 +57,10 @@ from collections.abc import Iterable
 import apache_beam as beam
 import numpy as np
 from apache_beam.io import fileio
-from apache_beam.io.filesystems import CompressionTypes
 from datasketch import MinHash
 
 from preprocessing import pipeline as wiring
+from preprocessing.decompress import DecompressionBomb, read_within
 from preprocessing.document import Document, Drop
 from preprocessing.pipeline import ApplyFilters, ReadFiles, count, report_malformed
 
@@ -256,22 +254,16 @@ class NearDuplicateBooks(beam.PTransform):
             | "DropDuplicates" >> beam.FlatMap(_drop_near_duplicates))
 
 
-_WHOLE_FILE_DECOMPRESS = {CompressionTypes.GZIP: gzip.decompress,
-                          CompressionTypes.BZIP2: bz2.decompress}
-
-
 def _read_book(readable: fileio.ReadableFile) -> Iterable[Document]:
   path = readable.metadata.path
-  compression = CompressionTypes.detect_compression_type(path)
   try:
-    if compression in _WHOLE_FILE_DECOMPRESS:
-      # Beam's decompressing reader returns a truncated gzip or bzip2 stream's prefix without an
-      # error; the standard library's one-shot decompressors notice the missing end.
-      with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-        data = _WHOLE_FILE_DECOMPRESS[compression](stream.read())
-    else:
-      with readable.open() as stream:
-        data = b"".join(iter(stream.readline, b""))  # Beam's compressed streams read by lines
+    # A truncated .gz / .bz2 raises (pipeline.open_input), and no book decompresses past the
+    # limits of preprocessing.decompress.
+    with wiring.open_input(readable) as stream:
+      data = read_within(stream, readable.metadata.size_in_bytes, path)
+  except DecompressionBomb as error:
+    report_malformed("decompression_bomb", str(error))
+    return
   except (OSError, EOFError, ValueError, zlib.error) as error:
     report_malformed("unreadable_file", f"{path}: {error}")
     return

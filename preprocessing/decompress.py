@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import bz2
 import dataclasses
+import io
 import zlib
+from typing import BinaryIO
 
 MIB = 2**20
 _CHUNK = MIB
@@ -36,6 +38,9 @@ class Limits:
   def check(self, produced: int, consumed: int, what: str = "the file") -> None:
     if produced > self.max_bytes:
       raise DecompressionBomb(f"{what} decompresses to more than {self.max_bytes:,} bytes")
+    self.check_ratio(produced, consumed, what)
+
+  def check_ratio(self, produced: int, consumed: int, what: str = "the file") -> None:
     if produced > self.ratio_floor and produced > self.max_ratio * max(consumed, 1):
       raise DecompressionBomb(f"{what} decompresses to more than {self.max_ratio:g} times its "
                               f"compressed size ({consumed:,} bytes)")
@@ -75,3 +80,85 @@ def decompress(data: bytes, codec: str, limits: Limits = LIMITS) -> bytes:
         raise EOFError(f"compressed {codec} data ends early (after {produced:,} bytes out)")
     rest = decompressor.unused_data
   return b"".join(chunks)
+
+
+def read_within(stream: BinaryIO, compressed_size: int, what: str,
+                limits: Limits = LIMITS) -> bytes:
+  """All of a decompressing `stream`, read a chunk at a time and refused with DecompressionBomb
+  as soon as it passes `limits` (so a bomb is never held whole)."""
+  chunks, produced = [], 0
+  while chunk := stream.read(_CHUNK):
+    chunks.append(chunk)
+    produced += len(chunk)
+    limits.check(produced, compressed_size, what)
+  return b"".join(chunks)
+
+
+class DecompressingReader(io.RawIOBase):
+  """A readable stream of `raw` (gzip or bz2, concatenated members) decompressed on the fly,
+  raising EOFError where the compressed data ends early (a truncated file, which the readers built
+  into Beam and warcio end quietly at the cut) and DecompressionBomb once the output passes the
+  ratio limit (no size limit: a Wikipedia or WET stream may be gigabytes). Memory is one chunk."""
+
+  def __init__(self, raw: BinaryIO, codec: str, name: str = "the file", limits: Limits = LIMITS):
+    super().__init__()
+    self._raw, self._codec, self._name, self._limits = raw, codec, name, limits
+    self._consumed = self._produced = 0
+    self._decompressor = _decompressor(codec)
+    self._pending = b""  # compressed input not yet given to the decompressor
+    self._ready = b""  # decompressed output not yet read
+    self._started = False  # whether the current member has begun
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    while not self._ready:
+      if not self._fill():
+        return 0
+    size = min(len(buffer), len(self._ready))
+    buffer[:size] = self._ready[:size]
+    self._ready = self._ready[size:]
+    return size
+
+  def _fill(self) -> bool:
+    """Decompresses the next piece into _ready; False at the clean end of the input."""
+    if self._decompressor.eof:
+      self._pending = self._decompressor.unused_data + self._pending
+      self._decompressor, self._started = _decompressor(self._codec), False
+    holding = self._codec == "bz2" and not self._decompressor.needs_input  # output buffered
+    if not self._pending and not holding:
+      self._pending = self._raw.read(_CHUNK)
+      self._consumed += len(self._pending)
+      if not self._pending:
+        if self._started:
+          raise EOFError(f"compressed {self._codec} data ends early (a truncated file)")
+        return False
+    self._started = True
+    if self._codec == "gzip":
+      self._ready = self._decompressor.decompress(self._pending, _CHUNK)
+      self._pending = self._decompressor.unconsumed_tail
+    else:
+      self._ready = self._decompressor.decompress(self._pending, _CHUNK)
+      self._pending = b""
+    self._produced += len(self._ready)
+    self._limits.check_ratio(self._produced, self._consumed, self._name)
+    return True
+
+
+CODECS = {".gz": "gzip", ".bz2": "bz2"}
+
+
+def open_decompressed(raw: BinaryIO, name: str) -> BinaryIO:
+  """`raw` decompressed by `name`'s extension (.gz, .bz2; other names as they are), buffered."""
+  codec = next((codec for suffix, codec in CODECS.items() if name.endswith(suffix)), None)
+  return raw if codec is None else io.BufferedReader(DecompressingReader(raw, codec, name), _CHUNK)
+
+
+def damage_reason(error: Exception) -> str:
+  """The malformed reason of what reading a compressed input raised: a bomb or a cut file."""
+  return "decompression_bomb" if isinstance(error, DecompressionBomb) else "truncated_file"
+
+
+# What a stream from `open_decompressed` raises besides what its format's reader does.
+DAMAGE = (EOFError, DecompressionBomb)

@@ -28,17 +28,17 @@ Malformed input (counted by report_malformed, never fatal): `invalid_utf8` (unde
 `invalid_unicode` (lone surrogates from JSON escapes, which cannot be written back as UTF-8),
 `bad_json` (not a JSON object), `missing_field` (repo_name, path, license or content absent, or
 repo_name/path/content null: BigQuery leaves `content` null for binary files), `not_text` (a field
-that is not a string), `broken_archive` (a truncated or corrupt .gz; the rows before the break
-are kept). A null licence is a repository without one and is dropped by rule 1 as `license_none`.
+that is not a string), `truncated_file` (a .gz / .bz2 that ends early), `decompression_bomb`
+(one that expands past preprocessing.decompress's ratio limit), `broken_archive` (a corrupt one);
+the rows before the break are kept. A null licence is a repository without one and is dropped by
+rule 1 as `license_none`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
-import gzip
 import hashlib
 import json
 import re
@@ -47,9 +47,9 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
 
 from preprocessing import pipeline
+from preprocessing.decompress import DAMAGE, damage_reason
 from preprocessing.document import Document, Drop
 
 ALLOWED_LICENSES = ("apache-2.0", "bsd-2-clause", "bsd-3-clause", "mit")
@@ -117,25 +117,12 @@ def parse_row(raw: bytes, where: str) -> Document:
                             "license": license_name.strip().lower()})
 
 
-@contextlib.contextmanager
-def _open(readable: fileio.ReadableFile):
-  # Beam's own gzip reader ends a truncated file quietly at the cut; Python's raises EOFError, so
-  # an interrupted download is reported instead of passing for a shorter file.
-  if readable.metadata.path.endswith(".gz"):
-    with (readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw,
-          gzip.GzipFile(fileobj=raw) as stream):
-      yield stream
-  else:
-    with readable.open() as stream:  # decompresses other formats (.bz2, ...) by the file name
-      yield stream
-
-
 def read_github_file(readable: fileio.ReadableFile) -> Iterable[Document]:
   """Documents from one exported JSONL file; bad rows and broken archives are counted."""
   path = readable.metadata.path
   number = 0
   try:
-    with _open(readable) as stream:
+    with pipeline.open_input(readable) as stream:
       for number, raw in enumerate(iter(stream.readline, b""), 1):
         if not raw.strip():
           continue
@@ -146,7 +133,9 @@ def read_github_file(readable: fileio.ReadableFile) -> Iterable[Document]:
           continue
         pipeline.count("documents_read")
         yield doc
-  except (OSError, EOFError, zlib.error) as error:
+  except DAMAGE as error:  # the rows before the cut or the bomb are kept
+    pipeline.report_malformed(damage_reason(error), f"{path} after line {number}: {error}")
+  except (OSError, zlib.error) as error:
     pipeline.report_malformed("broken_archive", f"{path} after line {number}: {error}")
   if pipeline.progress_bar is not None:
     pipeline.progress_bar.update(readable.metadata.size_in_bytes)

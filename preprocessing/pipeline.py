@@ -11,6 +11,7 @@ ends up in `stats.json`:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import json
@@ -18,16 +19,19 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from tqdm import tqdm
 
+from preprocessing.decompress import CODECS, DAMAGE, damage_reason, open_decompressed
 from preprocessing.document import Document, Drop, Filter
 from preprocessing.wet import Malformed, read_wet
 
@@ -65,9 +69,23 @@ def report_malformed(reason: str, where: str) -> None:
   logging.warning("malformed input (%s): %s", reason, where)
 
 
+@contextlib.contextmanager
+def open_input(readable: fileio.ReadableFile) -> Iterator[BinaryIO]:
+  """An input file, decompressed by its name: .gz and .bz2 through preprocessing.decompress,
+  which raises EOFError where a truncated file ends (Beam's own readers end there quietly, so a
+  cut download passed for a shorter file); other names through Beam."""
+  path = readable.metadata.path
+  if path.endswith(tuple(CODECS)):
+    with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+      yield open_decompressed(raw, path)
+  else:
+    with readable.open() as stream:  # Beam decompresses .zst and others by the name
+      yield stream
+
+
 def _read_wet_file(readable: fileio.ReadableFile, source: str) -> Iterable[Document]:
   path = readable.metadata.path
-  with readable.open() as stream:
+  with open_input(readable) as stream:
     for item in read_wet(stream, path, source):
       if isinstance(item, Malformed):
         report_malformed(item.reason, item.where)
@@ -81,23 +99,27 @@ def _read_wet_file(readable: fileio.ReadableFile, source: str) -> Iterable[Docum
 def _read_jsonl_file(readable: fileio.ReadableFile,
                      parse: Callable[[str, str], Document]) -> Iterable[Document]:
   path = readable.metadata.path
-  with readable.open() as stream:  # decompresses .gz / .zst by the file name
-    # Beam's CompressedFile is not iterable, but reads lines.
-    for number, raw in enumerate(iter(stream.readline, b""), 1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError:
-        report_malformed("invalid_utf8", f"{path}:{number}")
-        continue
-      if not line.strip():
-        continue
-      try:
-        doc = parse(line, f"{path}:{number}")
-      except ValueError as error:
-        report_malformed("bad_json_record", str(error))
-        continue
-      count("documents_read")
-      yield doc
+  number = 0
+  try:
+    with open_input(readable) as stream:
+      # Beam's CompressedFile is not iterable, but reads lines.
+      for number, raw in enumerate(iter(stream.readline, b""), 1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+          report_malformed("invalid_utf8", f"{path}:{number}")
+          continue
+        if not line.strip():
+          continue
+        try:
+          doc = parse(line, f"{path}:{number}")
+        except ValueError as error:
+          report_malformed("bad_json_record", str(error))
+          continue
+        count("documents_read")
+        yield doc
+  except DAMAGE as error:  # the lines before the cut or the bomb are kept
+    report_malformed(damage_reason(error), f"{path} after line {number}: {error}")
   if progress_bar is not None:
     progress_bar.update(readable.metadata.size_in_bytes)
 

@@ -35,8 +35,10 @@ separated by a single line break, so that outside code a blank line always start
 list items are lines `- <text>`; <pre> code keeps its own line breaks, blank lines included.
 Drops before the join (1-3) count posts; later ones count documents. `posts_read` counts rows read.
 Malformed input: `bad_xml` (broken or truncated XML, invalid UTF-8; the posts read before the error
-are kept), `bad_post_row` (a row without a numeric Id or PostTypeId, or an answer without a numeric
-ParentId), `duplicate_question_id`.
+are kept), `truncated_file` and `decompression_bomb` (a compressed Posts.xml that ends early or
+expands past preprocessing.decompress's ratio limit; the posts before are kept), `bad_post_row` (a
+row without a numeric Id or PostTypeId, or an answer without a numeric ParentId),
+`duplicate_question_id`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 
 from preprocessing import pipeline
+from preprocessing.decompress import DAMAGE, damage_reason
 from preprocessing.document import Document, Drop
 from preprocessing.pipeline import ApplyFilters, count, report_malformed
 
@@ -139,8 +142,11 @@ def read_posts(stream, path: str) -> Iterable[Post]:
 
 
 def _read_posts_file(readable: fileio.ReadableFile) -> Iterable[Post]:
-  with readable.open() as stream:
-    yield from read_posts(stream, readable.metadata.path)
+  try:
+    with pipeline.open_input(readable) as stream:
+      yield from read_posts(stream, readable.metadata.path)
+  except DAMAGE as error:  # the posts before the cut or the bomb are kept
+    report_malformed(damage_reason(error), f"{readable.metadata.path}: {error}")
   if pipeline.progress_bar is not None:
     pipeline.progress_bar.update(readable.metadata.size_in_bytes)
 

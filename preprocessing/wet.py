@@ -4,8 +4,9 @@ Writing (`wet_bytes`) follows the WARC/1.0 layout byte by byte, independently of
 test and benchmark inputs.
 
 Parsing uses warcio. Damage is reported, never fatal: a record whose payload is shorter than its
-Content-Length (a truncated download), text that is not UTF-8, an empty or unreadable file each
-yield a `Malformed` with a reason, and reading goes on where it can.
+Content-Length (a truncated download), a compressed file that ends early (`truncated_file`, from
+the stream that pipeline.open_input gives), text that is not UTF-8, an empty or unreadable file
+each yield a `Malformed` with a reason, and reading goes on where it can.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import BinaryIO, NamedTuple
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
+from preprocessing.decompress import DAMAGE, LIMITS, damage_reason
 from preprocessing.document import Document
 
 
@@ -41,8 +43,12 @@ def read_wet(stream: BinaryIO, name: str, source: str = "ccnet") -> Iterator[Doc
         continue
       if record.rec_type != "conversion":
         continue  # warcinfo and other record kinds carry no page text
+      declared = int(headers.get_header("Content-Length") or 0)
+      if declared > LIMITS.max_member_bytes:  # not held; warcio reads past it in chunks
+        yield Malformed("decompression_bomb", where)
+        continue
       payload = record.content_stream().read()
-      expected = int(headers.get_header("Content-Length") or len(payload))
+      expected = declared or len(payload)
       if len(payload) < expected:
         yield Malformed("truncated_record", where)
         continue
@@ -55,7 +61,10 @@ def read_wet(stream: BinaryIO, name: str, source: str = "ccnet") -> Iterator[Doc
           id=record_id.strip("<>"), source=source, text=text,
           metadata={"url": headers.get_header("WARC-Target-URI"),
                     "date": headers.get_header("WARC-Date"), "wet_file": name})
-  except (ArchiveLoadFailed, EOFError, zlib.error, OSError, ValueError) as error:
+  except DAMAGE as error:  # the records before the cut or the bomb are kept
+    yield Malformed(damage_reason(error), f"{name} after record {records}: {error}")
+    return
+  except (ArchiveLoadFailed, zlib.error, OSError, ValueError) as error:
     yield Malformed("unreadable_record", f"{name} after record {records}: {error}")
     return
   if records == 0:

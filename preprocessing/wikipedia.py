@@ -33,9 +33,10 @@ dropped with the other non-prose tags. Lines that MediaWiki preformats because t
 space are not told apart from prose.
 
 Malformed input (reported, never fatal): `broken_xml` (truncated or ill-formed XML: the pages
-read before the break are kept; a truncated .bz2 read through Beam ends this way too, as Beam's
-decompressor stops at the cut without an error), `broken_archive` (compressed data that does not
-decompress), `page_missing_fields` (a page without title, id or a numeric ns).
+read before the break are kept), `truncated_file` (a .bz2 / .gz that ends early) and
+`decompression_bomb` (one that expands past preprocessing.decompress's ratio limit), the pages
+before either kept; `broken_archive` (compressed data that does not decompress),
+`page_missing_fields` (a page without title, id or a numeric ns).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from apache_beam.io import fileio
 from mwparserfromhell import nodes
 
 from preprocessing import pipeline
+from preprocessing.decompress import DAMAGE, damage_reason
 from preprocessing.document import Document, Drop
 from preprocessing.pipeline import ApplyFilters, ReadFiles, count, report_malformed
 
@@ -201,13 +203,15 @@ def read_dump(stream, path: str) -> Iterator[Document | Malformed]:
         root.clear()  # pages are children of the root; drop the ones already read
   except ET.ParseError as error:
     yield Malformed("broken_xml", f"{path}: {error}")
-  except (EOFError, OSError) as error:  # bz2 / gzip data that does not decompress
+  except DAMAGE as error:  # the pages before the cut or the bomb are kept
+    yield Malformed(damage_reason(error), f"{path}: {error}")
+  except OSError as error:  # bz2 / gzip data that does not decompress
     yield Malformed("broken_archive", f"{path}: {error}")
 
 
 def _read_dump_file(readable: fileio.ReadableFile) -> Iterable[Document]:
   path = readable.metadata.path
-  with readable.open() as stream:  # decompresses .bz2 / .gz by the file name
+  with pipeline.open_input(readable) as stream:
     for item in read_dump(stream, path):
       if isinstance(item, Malformed):
         report_malformed(item.reason, item.where)

@@ -3,14 +3,22 @@
 import bz2
 import gzip
 import io
+import random
 import tarfile
 import tracemalloc
 
 import pytest
 
 from preprocessing.arxiv import UnpackError, read_paper, unpack
-from preprocessing.decompress import LIMITS, MIB, DecompressionBomb, Limits, decompress
-from preprocessing.wet import Malformed
+from preprocessing.decompress import (
+    LIMITS,
+    MIB,
+    DecompressionBomb,
+    Limits,
+    decompress,
+    open_decompressed,
+)
+from preprocessing.wet import Malformed, read_wet, wet_bytes
 
 TEXT = "\n".join(f"line {i}: the quick brown fox" for i in range(20_000)).encode()
 COMPRESS = {"gzip": gzip.compress, "bz2": bz2.compress}
@@ -87,3 +95,43 @@ def test_a_member_larger_than_its_limit_is_a_bomb():
     tar.addfile(info, io.BytesIO(bytes(2 * MIB)))
   with pytest.raises(UnpackError, match="decompression_bomb"):
     unpack(gzip.compress(archive.getvalue()), "2301.00001", Limits(max_member_bytes=MIB))
+
+
+def _wet_items(data: bytes):
+  return list(read_wet(open_decompressed(io.BytesIO(data), "x.warc.wet.gz"), "x.warc.wet.gz"))
+
+
+def test_a_wet_file_cut_anywhere_is_reported_with_the_records_before_kept():
+  words = [f"w{n}" for n in random.Random(0).choices(range(50_000), k=40_000)]
+  pages = [(f"https://example.com/{i}", f"page {i} " + " ".join(words[i::20])) for i in range(20)]
+  data = wet_bytes(pages)
+  assert len(data) > 100_000
+  assert [item.text[:7] for item in _wet_items(data)] == [f"page {i} "[:7] for i in range(20)]
+  for cut in (20000, len(data) // 3, len(data) // 2 + 7, len(data) - 10):
+    items = _wet_items(data[:cut])
+    documents = [item for item in items if not isinstance(item, Malformed)]
+    malformed = [item.reason for item in items if isinstance(item, Malformed)]
+    assert malformed in (["truncated_file"], ["truncated_record"], ["truncated_record",
+                                                                   "truncated_file"]), (cut, items)
+    assert [d.text for d in documents] == [text for _, text in pages[:len(documents)]]
+
+
+def test_a_compressed_stream_bomb_stops_at_the_ratio_limit():
+  bomb = gzip.compress(bytes(MIB)) * 200  # 200 MiB of zeros in 200 KB: ratio about 1000
+  stream = open_decompressed(io.BytesIO(bomb), "rows.jsonl.gz")
+  read = []
+
+  def attempt():
+    with pytest.raises(DecompressionBomb, match="200 times its compressed size"):
+      while chunk := stream.read(MIB):
+        read.append(len(chunk))
+
+  assert _peak_bytes(attempt) < 8 * MIB
+  # Stopped once past 200 times what it had consumed (all of it, in one read), not at 200 MiB.
+  assert LIMITS.max_ratio * len(bomb) - 2 * MIB < sum(read) <= LIMITS.max_ratio * len(bomb)
+  # In a WET file: a record that expands past the ratio, and one that declares more than a
+  # member may hold (never read into memory).
+  for declared, body in ((64 * MIB, bytes(64 * MIB)), (LIMITS.max_member_bytes + 1, b"x" * 100)):
+    record = (b"WARC/1.0\r\nWARC-Type: conversion\r\nWARC-Target-URI: https://example.com/\r\n"
+              b"WARC-Record-ID: <urn:uuid:0>\r\nContent-Length: %d\r\n\r\n" % declared + body)
+    assert [item.reason for item in _wet_items(gzip.compress(record))] == ["decompression_bomb"]

@@ -267,6 +267,6 @@ def test_end_to_end_counts_malformed_input(tmp_path):
   written = written_documents(tmp_path / "out")
   assert set(written) == {"a/one/x.py", "a/one/z.py"}
   assert written["a/one/z.py"].text == "def f(value):\n  return value + 1\n"
-  assert stats["malformed"] == {"bad_json": 1, "broken_archive": 2, "invalid_utf8": 1,
-                                "missing_field": 1}
+  assert stats["malformed"] == {"bad_json": 1, "broken_archive": 1, "invalid_utf8": 1,
+                                "missing_field": 1, "truncated_file": 1}
   assert stats["dropped"]["duplicate_content"] == 1

@@ -191,7 +191,7 @@ def test_read_dump_bad_compressed_data():
 def test_read_dump_truncated_archive():
   data = bz2.compress(_dump("svwiki", [synthetic.page_xml("A", 1, 0, "Text " * 50000)]))
   items = list(wikipedia.read_dump(bz2.BZ2File(io.BytesIO(data[:len(data) // 2])), "a.xml.bz2"))
-  assert [item.reason for item in items] == ["broken_archive"]
+  assert [item.reason for item in items] == ["truncated_file"]
 
 
 def test_check_arguments():
