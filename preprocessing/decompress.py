@@ -4,7 +4,9 @@ A few megabytes of gzip can hold gigabytes (a decompression bomb: an arXiv tarba
 a 1.5 GB member took 3.35 GB of memory before these limits). Everything the pipelines decompress
 themselves goes through here: output is produced in chunks and refused with `DecompressionBomb`
 as soon as it passes a limit, so memory stays bounded by the limit whatever the input holds.
-A stream that ends before its compressed data does raises EOFError (a truncated file).
+A stream that ends before its compressed data does raises EOFError (a truncated file). Streams
+(`open_decompressed`: gzip, bz2, zstd) have the ratio limit only, since a WET file or a Wikipedia
+dump legitimately decompresses to gigabytes; whole files (`decompress`, `read_within`) have both.
 
 Limits (`Limits`, defaults below, ours): 256 MiB out of one file (arXiv caps a submission at 50
 MB), 128 MiB out of one archive member, and 200 times the compressed size once past 16 MiB (text
@@ -20,8 +22,11 @@ import io
 import zlib
 from typing import BinaryIO
 
+import zstandard
+
 MIB = 2**20
 _CHUNK = MIB
+_ZSTD_PIECE = 16 * 2**10  # zstd input per call: at most a few hundred MiB out even for zeros
 
 
 class DecompressionBomb(Exception):
@@ -54,7 +59,9 @@ def _decompressor(codec: str):
     return zlib.decompressobj(wbits=31)
   if codec == "bz2":
     return bz2.BZ2Decompressor()
-  raise ValueError(f"unknown codec {codec!r}; use 'gzip' or 'bz2'")
+  if codec == "zstd":
+    return zstandard.ZstdDecompressor().decompressobj()
+  raise ValueError(f"unknown codec {codec!r}; use 'gzip', 'bz2' or 'zstd'")
 
 
 def decompress(data: bytes, codec: str, limits: Limits = LIMITS) -> bytes:
@@ -138,6 +145,9 @@ class DecompressingReader(io.RawIOBase):
     if self._codec == "gzip":
       self._ready = self._decompressor.decompress(self._pending, _CHUNK)
       self._pending = self._decompressor.unconsumed_tail
+    elif self._codec == "zstd":  # no output bound in zstandard's API: small pieces of input
+      piece, self._pending = self._pending[:_ZSTD_PIECE], self._pending[_ZSTD_PIECE:]
+      self._ready = self._decompressor.decompress(piece)
     else:
       self._ready = self._decompressor.decompress(self._pending, _CHUNK)
       self._pending = b""
@@ -146,11 +156,12 @@ class DecompressingReader(io.RawIOBase):
     return True
 
 
-CODECS = {".gz": "gzip", ".bz2": "bz2"}
+CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 
 
 def open_decompressed(raw: BinaryIO, name: str) -> BinaryIO:
-  """`raw` decompressed by `name`'s extension (.gz, .bz2; other names as they are), buffered."""
+  """`raw` decompressed by `name`'s extension (.gz, .bz2, .zst; other names as they are),
+  buffered."""
   codec = next((codec for suffix, codec in CODECS.items() if name.endswith(suffix)), None)
   return raw if codec is None else io.BufferedReader(DecompressingReader(raw, codec, name), _CHUNK)
 

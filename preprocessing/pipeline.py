@@ -71,15 +71,16 @@ def report_malformed(reason: str, where: str) -> None:
 
 @contextlib.contextmanager
 def open_input(readable: fileio.ReadableFile) -> Iterator[BinaryIO]:
-  """An input file, decompressed by its name: .gz and .bz2 through preprocessing.decompress,
+  """An input file, decompressed by its name: .gz, .bz2 and .zst through preprocessing.decompress,
   which raises EOFError where a truncated file ends (Beam's own readers end there quietly, so a
-  cut download passed for a shorter file); other names through Beam."""
+  cut download passed for a shorter file) and DecompressionBomb past its ratio limit; other names
+  through Beam (uncompressed files as they are)."""
   path = readable.metadata.path
   if path.endswith(tuple(CODECS)):
     with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw:
       yield open_decompressed(raw, path)
   else:
-    with readable.open() as stream:  # Beam decompresses .zst and others by the name
+    with readable.open() as stream:
       yield stream
 
 

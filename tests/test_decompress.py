@@ -8,6 +8,7 @@ import tarfile
 import tracemalloc
 
 import pytest
+import zstandard
 
 from preprocessing.arxiv import UnpackError, read_paper, unpack
 from preprocessing.decompress import (
@@ -135,3 +136,14 @@ def test_a_compressed_stream_bomb_stops_at_the_ratio_limit():
     record = (b"WARC/1.0\r\nWARC-Type: conversion\r\nWARC-Target-URI: https://example.com/\r\n"
               b"WARC-Record-ID: <urn:uuid:0>\r\nContent-Length: %d\r\n\r\n" % declared + body)
     assert [item.reason for item in _wet_items(gzip.compress(record))] == ["decompression_bomb"]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".zst"])
+def test_streams_of_every_codec_read_whole_and_report_a_cut(suffix):
+  compress = {".gz": gzip.compress, ".bz2": bz2.compress,
+              ".zst": zstandard.ZstdCompressor().compress}[suffix]
+  data = compress(TEXT[:5000]) + compress(TEXT[5000:])
+  assert open_decompressed(io.BytesIO(data), "rows.jsonl" + suffix).read() == TEXT
+  for cut in (50, len(data) // 2, len(data) - 3):
+    with pytest.raises(EOFError, match="ends early"):
+      open_decompressed(io.BytesIO(data[:cut]), "rows.jsonl" + suffix).read()
