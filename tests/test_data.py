@@ -378,3 +378,23 @@ def test_a_source_with_no_good_record_is_an_error_when_skipping(tmp_path):
   with pytest.raises(data.DataError, match="source 'c4': no record could be read in a whole "
                                            "epoch, all skipped as bad"):
     next(_loader(tmp_path, {"c4": 1.0}, on_bad_record="skip"))
+
+
+@pytest.mark.parametrize("on_bad_record", ["stop", "skip"])
+def test_a_shard_truncated_while_training_reads_it(tmp_path, bad_record_docs, on_bad_record):
+  # The loader has the shard open when another process cuts it: its records past the cut read
+  # back empty, which is caught like any bad record (named, then stopped or skipped and counted).
+  shard = write_source(tmp_path / "c4", bad_record_docs, num_shards=2)[1]
+  iterator = _loader(tmp_path, {"c4": 1.0}, on_bad_record=on_bad_record)
+  for _ in range(3):
+    next(iterator)
+  with open(shard, "r+b") as f:
+    f.truncate(200)
+  if on_bad_record == "stop":
+    with pytest.raises(data.DataError, match=f"{re.escape(str(shard))}: record \\d+ is empty"):
+      for _ in range(100):
+        next(iterator)
+  else:
+    for _ in range(100):
+      next(iterator)
+    assert iterator.bad_records()["c4"] > 0
