@@ -56,6 +56,10 @@ def test_unwritable_workdir_is_refused(tmp_path):
   (tmp_path / "file").write_text("not a directory")
   with pytest.raises(ValueError, match="is not writable"):
     check_storage(tmp_path / "file" / "run", checkpoint_bytes=10, keep=3)
+  # The check writes a file rather than reading permission bits, which root ignores: a directory
+  # on a file system nobody can write to (procfs here) is refused for root too.
+  with pytest.raises(ValueError, match="is not writable"):
+    check_storage("/proc/self", checkpoint_bytes=10, keep=3)
 
 
 def test_a_workdir_without_room_for_a_checkpoint_is_refused(tmp_path):
