@@ -598,7 +598,8 @@ def test_humaneval_pass_at_k_end_to_end(data_dir, fake_sandbox):
   means = _metric_means(result)
   assert means == pytest.approx({"pass@1": (1 + 0.5 + 0 + 0.25 + 0.25) / 5,
                                  "sandbox_timeout": (0.25 + 0.75) / 5,
-                                 "sandbox_killed": 0.0, "sandbox_denied": 0.0})
+                                 "sandbox_killed": 0.0, "sandbox_denied": 0.0,
+                                 "sandbox_exited_early": 0.0})
   assert result.samples[3]["statuses"] == ["timeout", "passed", "failed", "failed"]
   assert result.samples[3]["task_id"] == "HumanEval/3"
 

@@ -103,7 +103,8 @@ open("/dev/stdout", "w").write(str(Point(1, 2)) + "\\n")
 
 
 @pytest.mark.parametrize("program, status, returncode", [
-    ("import sys; sys.exit(0)", "passed", 0),
+    ("print('ran to its end')", "passed", 0),
+    ("import sys; sys.exit(0)", "exited_early", 0),
     ("import sys; sys.exit(3)", "failed", 3),
     # The interpreter would exit with 256 % 256 == 0, which would read as passed.
     ("import sys; sys.exit(256)", "failed", 1),
@@ -113,6 +114,51 @@ open("/dev/stdout", "w").write(str(Point(1, 2)) + "\\n")
 def test_exit_status(program, status, returncode):
   result = run(program)
   assert (result.status, result.returncode) == (status, returncode)
+
+
+# A completion that solves nothing but ends the program early with status 0, or tampers with the
+# tests, does not pass (`check` fails for anything but the right answer).
+TESTS = "\ndef check(candidate):\n  assert candidate(2) == 4\ncheck(double)\n"
+FAKED_PASSES = {
+    "sys.exit": "import sys\nsys.exit(0)",
+    "SystemExit": "raise SystemExit(0)",
+    "os._exit": "import os\nos._exit(0)",
+    "atexit": "import atexit, os\natexit.register(os._exit, 0)",
+    "excepthook": "import sys, os\nsys.excepthook = lambda *args: os._exit(0)",
+    "thread": "import threading, os\nthreading.Thread(target=os._exit, args=(0,)).start()\n"
+              "import time\ntime.sleep(2)",
+    "trace hook rebinding check": (
+        "import sys\n"
+        "def tracer(frame, event, arg):\n"
+        "  if event == 'call' and frame.f_code.co_name == 'check':\n"
+        "    frame.f_globals['double'] = lambda x: 4\n"
+        "  return tracer\n"
+        "sys.settrace(tracer)"),
+    "runner called from the program": (
+        "try:\n  raise ValueError\nexcept ValueError as error:\n"
+        "  frame = error.__traceback__.tb_frame\n"
+        "while frame.f_back:\n  frame = frame.f_back\n"
+        "frame.f_globals['_child_run']('pass', 'fake.py')\nimport os\nos._exit(0)"),
+    "completion event raised by the program": (
+        "import sys, os\nsys.audit('llama_jax.sandbox.completed')\nos._exit(0)"),
+    "runner's code swapped": (
+        "try:\n  raise ValueError\nexcept ValueError as error:\n"
+        "  frame = error.__traceback__.tb_frame\n"
+        "while frame.f_back:\n  frame = frame.f_back\n"
+        "frame.f_globals['_child_run'].__code__ = (lambda s, f: 0).__code__"),
+    "bytes written to every descriptor": (
+        "import os\nfor fd in range(3, 64):\n  try:\n    os.write(fd, b'0' * 32)\n"
+        "  except OSError:\n    pass\nos._exit(0)"),
+}
+
+
+@pytest.mark.parametrize("attack", FAKED_PASSES)
+def test_a_pass_cannot_be_faked(attack):
+  program = "def double(x):\n  return 0\n" + FAKED_PASSES[attack] + TESTS
+  result = run(program, timeout_s=5)
+  assert result.status in ("exited_early", "denied", "failed"), (result.status, result.output)
+  solved = run("def double(x):\n  return 2 * x\n" + TESTS, timeout_s=5)
+  assert solved.status == "passed", solved.output
 
 
 def test_infinite_loop_times_out_and_nothing_is_left_running():
@@ -351,7 +397,9 @@ print(json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "stdin": sys.stdi
   assert result.status == "passed"
   assert seen["env"] == {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                          "LANG": "C.UTF-8"}
-  assert seen["stdin"] == "" and seen["fds"][:3] == [0, 1, 2] and len(seen["fds"]) <= 4
+  # stdin, stdout, stderr, the listing's own descriptor and the verdict pipe's write end (bytes
+  # written there fake nothing: test_a_pass_cannot_be_faked).
+  assert seen["stdin"] == "" and seen["fds"][:3] == [0, 1, 2] and len(seen["fds"]) <= 5
   assert seen["flags"] == [1, 1]
   limits = seen["limits"]
   assert limits["RLIMIT_CPU"] == [2, 3] and limits["RLIMIT_CORE"] == [0, 0]

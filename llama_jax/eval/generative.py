@@ -543,7 +543,7 @@ def score_final_answer(task: GenerativeTask, items: Sequence[Item],
   return scored
 
 
-SANDBOX_FAULTS = ("timeout", "killed", "denied")
+SANDBOX_FAULTS = ("timeout", "killed", "denied", "exited_early")
 
 
 def score_code(task: GenerativeTask, items: Sequence[Item], completions: Sequence[Sequence[str]],

@@ -2,8 +2,10 @@
 how it ended.
 
 `run_python` runs a program in a fresh `python -I -S -B` interpreter and returns an
-`ExecutionResult`: "passed" (exit status 0), "failed" (another exit status: an exception, a failed
-assert), "timeout" (the wall-clock or CPU time limit), "killed" (a signal, such as the kernel's
+`ExecutionResult`: "passed" (the program ran to its end, then exited with status 0), "failed"
+(another exit status: an exception, a failed assert), "exited_early" (status 0 without running to
+its end: sys.exit, os._exit, SystemExit, an exit from a thread, an atexit or exception hook),
+"timeout" (the wall-clock or CPU time limit), "killed" (a signal, such as the kernel's
 out-of-memory killer) or "denied" (the program attempted an operation the sandbox forbids; it is
 ended at once). `run_many` runs many programs on worker threads and returns results in order.
 
@@ -51,8 +53,13 @@ importlib internals can rebuild modules whose functions the sandbox replaced, an
 defeats every layer. Reads outside the protected directories are allowed (the standard library,
 /etc, /usr). RLIMIT_NPROC is not enforced by the kernel for root or for processes with
 CAP_SYS_RESOURCE or CAP_SYS_ADMIN, so there it is the audit hook alone that stops a fork bomb.
-A program is "passed" when it exits with status 0; one that calls os._exit(0) before its asserts
-passes, so callers that need more should print and check a marker after the tests.
+"Ran to its end" cannot be claimed by the program: the parent gives the child a random secret
+through a pipe that the audit hook reads and closes before the program runs, keeping the secret
+only in its own closure; when the program's code returns normally, the runner raises an audit
+event, and the hook writes the secret to a second pipe only if that event comes from the runner
+called at the top of the stack (a program that calls the runner, or raises the event itself, is
+denied). The parent compares what the pipe holds. Trace and profile functions (which could skip
+the tests' lines or rebind their `check`) and swapping a function's code are denied.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ import functools
 import inspect
 import math
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -75,7 +83,7 @@ from pathlib import Path
 
 import tqdm
 
-STATUSES = ("passed", "failed", "timeout", "killed", "denied")
+STATUSES = ("passed", "failed", "timeout", "killed", "denied", "exited_early")
 DENIED_EXIT_CODE = 113  # the child's exit status after a denial
 OUTPUT_CHARS = 2000  # the end of stdout and stderr kept in `ExecutionResult.output`
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -133,6 +141,13 @@ def run_python(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
     with open(program_path, "w", encoding="utf-8") as f:
       f.write(program)
     cpu_s = math.ceil(timeout_s) + 1
+    # The verdict: a secret the child's audit hook reads from a pipe before the program runs and
+    # writes back only when the runner reports that the program ran to its end.
+    secret = secrets.token_hex(16).encode()
+    secret_read, secret_write = os.pipe()
+    verdict_read, verdict_write = os.pipe()
+    os.write(secret_write, secret)
+    os.close(secret_write)
     config = {
         "program": program_path,
         "workdir": workdir,
@@ -143,15 +158,24 @@ def run_python(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
         "max_processes": max_processes,
         "nproc_margin": _NPROC_MARGIN,
         "denied_code": DENIED_EXIT_CODE,
+        "secret_fd": secret_read,
+        "verdict_fd": verdict_write,
     }
     # The configuration goes in as a Python literal, which spares the child importing json.
     command = [*prefix, python, "-I", "-S", "-B", "-u", "-c",
                f"{_bootstrap_source()}\n\n_child_main({config!r})\n"]
     env = {"PATH": _ENV_PATH, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
-    returncode, timed_out, cpu_used, output, seconds = _supervise(command, workdir, env, timeout_s)
+    try:
+      returncode, timed_out, cpu_used, output, seconds = _supervise(
+          command, workdir, env, timeout_s, (secret_read, verdict_write))
+    finally:
+      os.close(secret_read)
+      os.close(verdict_write)
+    completed = _read_all(verdict_read) == secret
   finally:
+    os.close(verdict_read)
     _remove_tree(workdir)
-  return ExecutionResult(status=_status(returncode, timed_out, cpu_used, cpu_s),
+  return ExecutionResult(status=_status(returncode, timed_out, cpu_used, cpu_s, completed),
                          returncode=returncode, output=output, seconds=seconds)
 
 
@@ -251,15 +275,28 @@ class _Tail:
     return f"[... {self.total} bytes of output; the last {chars} characters:]\n" + text[-chars:]
 
 
-def _supervise(command: list[str], workdir: str, env: dict[str, str],
-               timeout_s: float) -> tuple[int, bool, float, str, float]:
+def _read_all(fd: int) -> bytes:
+  """What a pipe holds now, without waiting (a process the program forked could still hold its
+  other end open)."""
+  os.set_blocking(fd, False)
+  chunks = []
+  try:
+    while chunk := os.read(fd, 4096):
+      chunks.append(chunk)
+  except BlockingIOError:
+    pass
+  return b"".join(chunks)
+
+
+def _supervise(command: list[str], workdir: str, env: dict[str, str], timeout_s: float,
+               pass_fds: tuple[int, ...]) -> tuple[int, bool, float, str, float]:
   """Runs the child to its end or its wall-clock limit, then kills its process group; returns
   (returncode, timed out, CPU seconds used, output, wall seconds)."""
   tail = _Tail(4 * OUTPUT_CHARS)  # bytes enough for OUTPUT_CHARS characters of UTF-8
   start = time.monotonic()
   proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, cwd=workdir, env=env, close_fds=True,
-                          start_new_session=True)
+                          pass_fds=pass_fds, start_new_session=True)
   out = proc.stdout.fileno()
   timed_out, reading = False, True
   try:
@@ -380,11 +417,13 @@ def _remove_tree(path: str) -> None:
   shutil.rmtree(path, ignore_errors=True)
 
 
-def _status(returncode: int, timed_out: bool, cpu_used: float, cpu_limit: int) -> str:
+def _status(returncode: int, timed_out: bool, cpu_used: float, cpu_limit: int,
+            completed: bool) -> str:
+  """completed: the audit hook wrote the secret back, so the program ran to its end."""
   if timed_out:
     return "timeout"
   if returncode == 0:
-    return "passed"
+    return "passed" if completed else "exited_early"
   if returncode == DENIED_EXIT_CODE:
     return "denied"
   if returncode < 0:
@@ -521,6 +560,18 @@ def _child_audit_hook(config: dict):
   denied_code = config["denied_code"]
   forks_left = [config["max_processes"]]
   main_pid = getpid()
+  # The verdict's secret lives only in this closure, which nothing the program can reach holds;
+  # the hook writes it to verdict_fd once, when the runner reports that the program ran to its
+  # end, and only if the report comes from the runner called by _child_main at the top of the
+  # stack (not from a copy the program calls, nor from a code object swapped in).
+  secret = b""
+  while chunk := posix.read(config["secret_fd"], 64):
+    secret += chunk
+  posix.close(config["secret_fd"])
+  verdict_fd = config["verdict_fd"]
+  getframe = sys._getframe
+  runner_code, main_code = _child_run.__code__, _child_main.__code__
+  reported = [False]
   write_flags = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
   link_mode, directory_mode, file_type = 0o120000, 0o040000, 0o170000
 
@@ -528,8 +579,8 @@ def _child_audit_hook(config: dict):
       "os.system", "os.exec", "os.spawn", "os.posix_spawn", "subprocess.Popen", "pty.spawn",
       "os.killpg", "os.link", "os.symlink", "os.chdir", "resource.setrlimit", "resource.prlimit",
       "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
-      "code.__new__", "cpython.PyInterpreterState_New", "sqlite3.enable_load_extension",
-      "sqlite3.load_extension"))
+      "sys.settrace", "sys.setprofile", "code.__new__", "cpython.PyInterpreterState_New",
+      "sqlite3.enable_load_extension", "sqlite3.load_extension"))
   denied_prefixes = ("socket.", "ctypes.", "syslog.", "sandbox.")
   # Modules that run foreign code, give back functions _child_disarm replaced, or touch files
   # from C without audit events (readline's history, POSIX shared memory, dbm, Tcl).
@@ -681,6 +732,18 @@ def _child_audit_hook(config: dict):
       if type_(args[0]) is str_ and str_.startswith(args[0], "file:"):
         return "an SQLite URI"
       return None if writable(named(args[0])) else "a database outside the program's directory"
+    if event == "object.__setattr__" and args[1] == "__code__":
+      return "replacing a function's code"
+    if event == "llama_jax.sandbox.completed":
+      caller = getframe(2)  # 0: verdict, 1: hook, 2: who raised the event
+      outer = caller.f_back
+      if (reported[0] or caller.f_code is not runner_code or outer is None
+          or outer.f_code is not main_code or outer.f_back is None
+          or outer.f_back.f_back is not None):
+        return "reporting the program's end from the program"
+      reported[0] = True
+      write(verdict_fd, secret)
+      return None
     if event in shutdown_events:
       exit_now(1)  # the interpreter is finalizing: _child_main's os._exit was bypassed
     return None
@@ -720,9 +783,11 @@ def _child_run(source: str, filename: str) -> int:
   module.__file__ = filename
   module.__builtins__ = builtins
   sys.modules["__main__"] = module
+  report, code = sys.audit, compile(source, filename, "exec")  # bound before the program runs
   try:
-    exec(compile(source, filename, "exec"), module.__dict__)
+    exec(code, module.__dict__)
     exit_code = 0
+    report("llama_jax.sandbox.completed")  # the audit hook's verdict: ran to its end
   except SystemExit as stop:
     exit_code = _child_exit_code(stop.code)
   except BaseException as error:
