@@ -26,9 +26,15 @@ Layers, from the kernel up:
   any kind, running programs (os.system, subprocess, os.exec*, os.spawn*, os.posix_spawn), fork
   (beyond `max_processes`), signals to other processes, ctypes and cffi (foreign code could
   switch the hook off: audit hooks cannot be removed from Python, but native code can do
-  anything), native modules outside the standard library, building code objects by hand
-  (bytecode is not memory-safe), walking the garbage collector's objects (they lead to the hook's
-  own state), changing resource limits, writing, creating, removing or re-permissioning any file
+  anything), native modules outside the standard library, fresh copies of the built-in modules
+  whose functions the sandbox replaced (the import machinery's `_imp.create_builtin`, which raises
+  no event, is replaced by a stand-in that asks the hook), code objects from anything but source
+  (code objects built by hand, marshal, frozen modules given bytes: bytecode is not memory-safe;
+  imports compile the standard library from source, since no .pyc is read), walking the garbage
+  collector's objects (they lead to the hook's own state), trace and profile functions, replacing
+  a function's code, sqlite3 (ATTACH and VACUUM INTO write files anywhere, without events),
+  scheduling calls (priority, CPU affinity, which can name another process), changing resource
+  limits, writing, creating, removing or re-permissioning any file
   outside the temporary directory (/dev/null aside), links of any kind, changing directory, and
   reading anything under the project's repository, the caller's working directory or the
   caller's home, or another process's /proc entry. A denial writes "sandbox: denied ..." to
@@ -47,20 +53,20 @@ closed; what is lost is the protection against code that gets around the hook. E
 program writes is at most file_size_mb, but not their number: total disk use is bounded only by
 what can be written before the time limit.
 
-Not guaranteed: this is not a security boundary against a determined attacker. The audit hook is
-a check inside the attacker's own interpreter: Python objects can be introspected in many ways,
-importlib internals can rebuild modules whose functions the sandbox replaced, and a kernel exploit
-defeats every layer. Reads outside the protected directories are allowed (the standard library,
-/etc, /usr). RLIMIT_NPROC is not enforced by the kernel for root or for processes with
-CAP_SYS_RESOURCE or CAP_SYS_ADMIN, so there it is the audit hook alone that stops a fork bomb.
-"Ran to its end" cannot be claimed by the program: the parent gives the child a random secret
-through a pipe that the audit hook reads and closes before the program runs, keeping the secret
-only in its own closure; when the program's code returns normally, the runner raises an audit
-event, and the hook writes the secret to a second pipe only if that event comes from the runner
-called at the top of the stack (a program that calls the runner, or raises the event itself, is
-denied). The parent compares what the pipe holds. Trace and profile functions (which could skip
-the tests' lines or rebind their `check`) and swapping a function's code are denied.
-"""
+Not guaranteed: this is not a security boundary against a determined attacker. The audit hook is a
+check inside the attacker's own interpreter: Python objects can be introspected in many ways
+(frames, closures of functions the program can reach), the program shares its namespace and builtins
+with the tests it is checked by, and a kernel exploit defeats every layer. Reads outside the
+protected directories are allowed (the standard library, /etc, /usr). RLIMIT_NPROC is not enforced
+by the kernel for root or for processes with CAP_SYS_RESOURCE or CAP_SYS_ADMIN, so there it is the
+audit hook alone that stops a fork bomb. "Ran to its end" cannot be claimed by the program: the
+parent gives the child a random secret through a pipe that the audit hook reads and closes before
+the program runs, keeping the secret only in its own closure; when the program's code returns
+normally, the runner raises an audit event, and the hook writes the secret to a second pipe only if
+that event comes from the runner called at the top of the stack (a program that calls the runner, or
+raises the event itself, is denied). The parent compares what the pipe holds. Trace and profile
+functions (which could skip the tests' lines or rebind their `check`) and swapping a function's code
+are denied. """
 
 from __future__ import annotations
 
@@ -452,6 +458,9 @@ def _child_main(config: dict) -> None:
     with open(config["program"], encoding="utf-8") as f:
       source = f.read()
     sys.argv = [config["program"]]
+    # No bytecode is read: imports compile the standard library from source (where nothing
+    # unmarshals bytes), so the hook can deny marshal, the one way to turn bytes into code.
+    sys.pycache_prefix = config["workdir"] + "/.no-bytecode"
     sys.addaudithook(_child_audit_hook(config))
     exit_code = _child_run(source, config["program"])
   except BaseException:
@@ -532,7 +541,8 @@ def _child_disarm() -> None:
 
     return stub
 
-  process = ("mkfifo", "mknod", "chroot", "pidfd_open", "setsid", "setpgid", "setpgrp")
+  process = ("mkfifo", "mknod", "chroot", "pidfd_open", "setsid", "setpgid", "setpgrp",
+             "setpriority", "sched_setaffinity", "sched_setscheduler", "sched_setparam")
   for module, names in ((posix, process), (sys.modules.get("os"), process),
                         (_signal, ("pidfd_send_signal",)),
                         (sys.modules.get("signal"), ("pidfd_send_signal",)),
@@ -572,6 +582,22 @@ def _child_audit_hook(config: dict):
   getframe = sys._getframe
   runner_code, main_code = _child_run.__code__, _child_main.__code__
   reported = [False]
+  # The import machinery's ways to make a module or code object without an audit event: a
+  # fresh copy of a built-in module (posix, _signal, with the functions _child_disarm replaced),
+  # or a "frozen" module unmarshalled from bytes the caller gives. The originals stay in this
+  # closure; the machinery calls stand-ins that ask the hook (llama_jax.sandbox.make_module).
+  import _imp
+
+  audit = sys.audit
+  create_builtin, get_frozen_object = _imp.create_builtin, _imp.get_frozen_object
+
+  def made(kind, *args):
+    box = []
+    audit("llama_jax.sandbox.make_module", kind, args, box)
+    return box[0]
+
+  _imp.create_builtin = lambda spec: made("builtin", spec)
+  _imp.get_frozen_object = lambda name, data=None: made("frozen", name, data)
   write_flags = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
   link_mode, directory_mode, file_type = 0o120000, 0o040000, 0o170000
 
@@ -579,15 +605,15 @@ def _child_audit_hook(config: dict):
       "os.system", "os.exec", "os.spawn", "os.posix_spawn", "subprocess.Popen", "pty.spawn",
       "os.killpg", "os.link", "os.symlink", "os.chdir", "resource.setrlimit", "resource.prlimit",
       "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
-      "sys.settrace", "sys.setprofile", "code.__new__", "cpython.PyInterpreterState_New",
-      "sqlite3.enable_load_extension", "sqlite3.load_extension"))
+      "sys.settrace", "sys.setprofile", "code.__new__", "marshal.loads", "marshal.load",
+      "cpython.PyInterpreterState_New"))
   denied_prefixes = ("socket.", "ctypes.", "syslog.", "sandbox.")
   # Modules that run foreign code, give back functions _child_disarm replaced, or touch files
   # from C without audit events (readline's history, POSIX shared memory, dbm, Tcl).
   denied_modules = frozenset((
       "ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "posix", "_signal",
       "_xxsubinterpreters", "_xxinterpchannels", "readline", "_posixshmem", "_dbm", "_gdbm",
-      "_tkinter", "spwd"))
+      "_tkinter", "spwd", "_sqlite3"))
   write_events = frozenset((
       "os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.utime", "os.truncate",
       "os.setxattr", "os.removexattr", "os.chflags", "os.lchflags", "shutil.rmtree"))
@@ -726,12 +752,17 @@ def _child_audit_hook(config: dict):
       return None
     if event == "os.kill":
       return None if args[0] == getpid() else "signalling another process"
-    if event == "sqlite3.connect":
-      if args[0] in (":memory:", "", b":memory:", b""):
-        return None
-      if type_(args[0]) is str_ and str_.startswith(args[0], "file:"):
-        return "an SQLite URI"
-      return None if writable(named(args[0])) else "a database outside the program's directory"
+    if event == "llama_jax.sandbox.make_module":
+      kind, made_args, box = args
+      if kind == "builtin":
+        if made_args[0].name in denied_modules:
+          return "a module that can get around the sandbox"
+        box.append(create_builtin(*made_args))
+      elif made_args[1] is not None:
+        return "code from bytes (a frozen module given its data)"
+      else:
+        box.append(get_frozen_object(made_args[0]))
+      return None
     if event == "object.__setattr__" and args[1] == "__code__":
       return "replacing a function's code"
     if event == "llama_jax.sandbox.completed":
