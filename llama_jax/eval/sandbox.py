@@ -59,14 +59,16 @@ check inside the attacker's own interpreter: Python objects can be introspected 
 with the tests it is checked by, and a kernel exploit defeats every layer. Reads outside the
 protected directories are allowed (the standard library, /etc, /usr). RLIMIT_NPROC is not enforced
 by the kernel for root or for processes with CAP_SYS_RESOURCE or CAP_SYS_ADMIN, so there it is the
-audit hook alone that stops a fork bomb. "Ran to its end" cannot be claimed by the program: the
-parent gives the child a random secret through a pipe that the audit hook reads and closes before
-the program runs, keeping the secret only in its own closure; when the program's code returns
-normally, the runner raises an audit event, and the hook writes the secret to a second pipe only if
-that event comes from the runner called at the top of the stack (a program that calls the runner, or
-raises the event itself, is denied). The parent compares what the pipe holds. Trace and profile
-functions (which could skip the tests' lines or rebind their `check`) and swapping a function's code
-are denied. """
+audit hook alone that stops a fork bomb.
+
+"Ran to its end" cannot be claimed by the program: the parent gives the child a random secret
+through a pipe that the audit hook reads and closes before the program runs, keeping the secret only
+in its own closure; when the program's code returns normally, the runner raises an audit event, and
+the hook writes the secret to a second pipe only if that event comes from the runner called at the
+top of the stack (a program that calls the runner, or raises the event itself, is denied). The
+parent compares what the pipe holds. Trace and profile functions (which could skip the tests' lines
+or rebind their `check`) and swapping a function's code are denied.
+"""
 
 from __future__ import annotations
 
