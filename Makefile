@@ -27,7 +27,7 @@ lint: $(VENV)/installed-test
 	$(BIN)/ruff check .
 
 # Tests marked slow (the 3-kill soak, variants of faster tests) are left to test-all, to keep
-# `make test` near 10 minutes on two cores.
+# `make test` near 12 minutes on two cores.
 test: lint
 	$(BIN)/python -m pytest -m "not slow"
 
