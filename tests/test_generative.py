@@ -206,7 +206,7 @@ def test_readers_on_the_released_samples(data_dir):
 
   humaneval = GENERATIVE_TASKS["humaneval"].items(data_dir)
   assert [item.task_id for item in humaneval] == [f"HumanEval/{i}" for i in range(5)]
-  assert humaneval[0].program_suffix.endswith("\ncheck(has_close_elements)\n")
+  assert humaneval[0].program_tests.endswith("\ncheck(has_close_elements)\n")
 
   math_items = GENERATIVE_TASKS["math"].items(data_dir)
   assert [(item.subset, Path(item.source).name) for item in math_items] == [
@@ -565,8 +565,8 @@ def fake_sandbox(monkeypatch):
   it says SLOW, and runs nothing; the programs it was given are kept."""
   seen = []
 
-  def run_many(programs, *, workers, timeout_s, progress=False):
-    seen.append((list(programs), workers, timeout_s))
+  def run_many(programs, *, tests, workers, timeout_s, progress=False):
+    seen.append((list(programs), list(tests), workers, timeout_s))
     return [FakeOutcome(False, "timeout") if "SLOW" in p else
             FakeOutcome("BROKEN" not in p, "failed" if "BROKEN" in p else "passed")
             for p in programs]
@@ -589,11 +589,11 @@ def test_humaneval_pass_at_k_end_to_end(data_dir, fake_sandbox):
   generate = canned_generate(task, data_dir, completions)
   result = evaluate_generative(generate, task, data_dir, num_samples=4, workers=3, timeout_s=2.5,
                                progress=False)
-  programs, workers, timeout_s = fake_sandbox[0]
+  programs, tests, workers, timeout_s = fake_sandbox[0]
   assert (len(programs), workers, timeout_s) == (20, 3, 2.5)
   first = _jsonl(data_dir / "humaneval/HumanEval.jsonl.gz")[0]
-  assert programs[0] == (first["prompt"] + first["canonical_solution"] + "\n" + first["test"]
-                         + "\n" + "check(has_close_elements)\n")
+  assert programs[0] == first["prompt"] + first["canonical_solution"]
+  assert tests[0] == "\n" + first["test"] + "\n" + "check(has_close_elements)\n"
   # pass@1 = c/n per item; pass@10 and pass@100 need more than the 4 samples drawn.
   means = _metric_means(result)
   assert means == pytest.approx({"pass@1": (1 + 0.5 + 0 + 0.25 + 0.25) / 5,
@@ -609,10 +609,12 @@ def test_mbpp_programs_and_pass_at_k_end_to_end(data_dir, fake_sandbox):
   generate = canned_generate(task, data_dir, lambda i, item: [
       "def add_numbers(a, b):\n  return a + b\n", "BROKEN"] * 5 if i == 0 else ["BROKEN"] * 10)
   result = evaluate_generative(generate, task, data_dir, num_samples=10, progress=False)
-  programs = fake_sandbox[0][0]
-  assert programs[0] == ("def add_numbers(a, b):\n  return a + b\n\n\nassert add_numbers(1, 2) == "
-                         "3\nassert add_numbers(-1, 1) == 0\nassert add_numbers(10, 5) == 15\n")
-  assert programs[10].startswith("BROKEN\nimport math\nassert math.isclose(")
+  programs, tests = fake_sandbox[0][:2]
+  assert programs[0] == "def add_numbers(a, b):\n  return a + b\n"
+  assert tests[0] == ("\n\nassert add_numbers(1, 2) == 3\nassert add_numbers(-1, 1) == 0\n"
+                      "assert add_numbers(10, 5) == 15\n")
+  assert programs[10] == "import math\nBROKEN"
+  assert tests[10].startswith("\nimport math\nassert math.isclose(")
   assert result.metrics["pass@1"].mean == pytest.approx(0.25)
   assert result.metrics["pass@10"].mean == pytest.approx(0.5)
   assert "pass@80" not in result.metrics  # more than the samples drawn

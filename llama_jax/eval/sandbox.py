@@ -56,10 +56,10 @@ what can be written before the time limit.
 Not guaranteed: this is not a security boundary against a determined attacker. The audit hook is a
 check inside the attacker's own interpreter: Python objects can be introspected in many ways
 (frames, closures of functions the program can reach), the program shares its namespace and builtins
-with the tests it is checked by, and a kernel exploit defeats every layer. Reads outside the
-protected directories are allowed (the standard library, /etc, /usr). RLIMIT_NPROC is not enforced
-by the kernel for root or for processes with CAP_SYS_RESOURCE or CAP_SYS_ADMIN, so there it is the
-audit hook alone that stops a fork bomb.
+with the tests it is checked by unless they run apart, and a kernel exploit defeats every layer.
+Reads outside the protected directories are allowed (the standard library, /etc, /usr). RLIMIT_NPROC
+is not enforced by the kernel for root or for processes with CAP_SYS_RESOURCE or CAP_SYS_ADMIN, so
+there it is the audit hook alone that stops a fork bomb.
 
 "Ran to its end" cannot be claimed by the program: the parent gives the child a random secret
 through a pipe that the audit hook reads and closes before the program runs, keeping the secret only
@@ -68,6 +68,15 @@ the hook writes the secret to a second pipe only if that event comes from the ru
 top of the stack (a program that calls the runner, or raises the event itself, is denied). The
 parent compares what the pipe holds. Trace and profile functions (which could skip the tests' lines
 or rebind their `check`) and swapping a function's code are denied.
+
+Tests apart (`tests=`): the tests run after the program in a namespace the audit hook builds: the
+builtins as they were before the program ran, and only the program's names that the tests use,
+its functions wrapped so that a result must be plain data (None, bool, numbers, str, bytes and
+lists, tuples, sets and dicts of them, exact types): a completion that rebinds a builtin or a
+name the tests use, or returns an object whose `__eq__` says yes to anything, does not pass. While
+the tests run, frames cannot be reached (sys._getframe, tracebacks', generators' and coroutines'
+frames), so code the program left behind cannot find the tests' namespace. The program's modules
+are shared with the tests (a program could still change a function of `math` that the tests call).
 """
 
 from __future__ import annotations
@@ -118,11 +127,13 @@ class ExecutionResult:
     return self.status == "passed"
 
 
-def run_python(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
-               max_processes: int = 0, file_size_mb: int = 64,
+def run_python(program: str, *, tests: str | None = None, timeout_s: float = 10.0,
+               memory_mb: int = 1024, max_processes: int = 0, file_size_mb: int = 64,
                namespaces: bool = True) -> ExecutionResult:
   """Runs `program` (Python source) in the sandbox described in the module docstring.
 
+  tests: Python source run after the program in a namespace of its own (see "Tests apart" in the
+    module docstring); it passes only if both run to their end.
   timeout_s: wall-clock limit; the CPU limit is one second more, rounded up.
   memory_mb: address-space limit of the interpreter.
   max_processes: how many times the program may fork (each child stays under the same rules and
@@ -148,6 +159,11 @@ def run_python(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
     program_path = os.path.join(workdir, "program.py")
     with open(program_path, "w", encoding="utf-8") as f:
       f.write(program)
+    tests_path = None
+    if tests is not None:
+      tests_path = os.path.join(workdir, "tests.py")
+      with open(tests_path, "w", encoding="utf-8") as f:
+        f.write(tests)
     cpu_s = math.ceil(timeout_s) + 1
     # The verdict: a secret the child's audit hook reads from a pipe before the program runs and
     # writes back only when the runner reports that the program ran to its end.
@@ -158,6 +174,7 @@ def run_python(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
     os.close(secret_write)
     config = {
         "program": program_path,
+        "tests": tests_path,
         "workdir": workdir,
         "protected": _protected_roots(),
         "cpu_s": cpu_s,
@@ -187,12 +204,16 @@ def run_python(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
                          returncode=returncode, output=output, seconds=seconds)
 
 
-def run_many(programs: Sequence[str], *, workers: int | None = None, timeout_s: float = 10.0,
-             progress: bool = False, **limits) -> list[ExecutionResult]:
-  """Runs `programs` in parallel, each through `run_python` with `timeout_s` and `limits` (its
-  other keywords), on `workers` threads (default: one per CPU); returns results in input order.
-  `progress` shows a tqdm progress bar."""
+def run_many(programs: Sequence[str], *, tests: Sequence[str] | None = None,
+             workers: int | None = None, timeout_s: float = 10.0, progress: bool = False,
+             **limits) -> list[ExecutionResult]:
+  """Runs `programs` in parallel, each through `run_python` with its `tests` (if given),
+  `timeout_s` and `limits` (its other keywords), on `workers` threads (default: one per CPU);
+  returns results in input order. `progress` shows a tqdm progress bar."""
   programs = list(programs)
+  tests = [None] * len(programs) if tests is None else list(tests)
+  if len(tests) != len(programs):
+    raise ValueError(f"{len(tests)} tests for {len(programs)} programs")
   workers = workers if workers is not None else (os.cpu_count() or 1)
   if workers < 1:
     raise ValueError(f"workers must be at least 1, got {workers}")
@@ -201,8 +222,8 @@ def run_many(programs: Sequence[str], *, workers: int | None = None, timeout_s: 
   results: list[ExecutionResult | None] = [None] * len(programs)
   with ThreadPoolExecutor(max_workers=min(workers, max(len(programs), 1))) as pool, \
        tqdm.tqdm(total=len(programs), disable=not progress, desc="sandbox", unit="program") as bar:
-    futures = {pool.submit(run_python, program, timeout_s=timeout_s, **limits): i
-               for i, program in enumerate(programs)}
+    futures = {pool.submit(run_python, program, tests=test, timeout_s=timeout_s, **limits): i
+               for i, (program, test) in enumerate(zip(programs, tests, strict=True))}
     for future in as_completed(futures):
       results[futures[future]] = future.result()
       bar.update()
@@ -459,12 +480,16 @@ def _child_main(config: dict) -> None:
     _child_disarm()
     with open(config["program"], encoding="utf-8") as f:
       source = f.read()
+    tests = None
+    if config["tests"] is not None:
+      with open(config["tests"], encoding="utf-8") as f:
+        tests = f.read()
     sys.argv = [config["program"]]
     # No bytecode is read: imports compile the standard library from source (where nothing
     # unmarshals bytes), so the hook can deny marshal, the one way to turn bytes into code.
     sys.pycache_prefix = config["workdir"] + "/.no-bytecode"
     sys.addaudithook(_child_audit_hook(config))
-    exit_code = _child_run(source, config["program"])
+    exit_code = _child_run(source, config["program"], tests)
   except BaseException:
     import traceback
 
@@ -600,6 +625,71 @@ def _child_audit_hook(config: dict):
 
   _imp.create_builtin = lambda spec: made("builtin", spec)
   _imp.get_frozen_object = lambda name, data=None: made("frozen", name, data)
+
+  # Tests apart (run_python's `tests`): the tests run in a namespace the hook builds, with the
+  # builtins as they were before the program ran, and only the program's names that the tests
+  # use; its functions return through a guard that lets only plain data out (an object whose
+  # __eq__ says yes to anything is refused). While they run no frame can be reached, so nothing
+  # the program left behind can find the tests' namespace. Everything used here is bound now.
+  import _thread
+  import builtins
+
+  dict_, list_, tuple_, set_, frozenset_ = dict, list, tuple, set, frozenset
+  pristine_builtins = dict_(builtins.__dict__)
+  plain_types = frozenset_((bool, int, float, complex, str_, bytes_, type_(None), list_, tuple_,
+                            dict_, set_, frozenset_))
+  function_type, code_type = type_(made), type_(made.__code__)
+  frame_attributes = frozenset_(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"))
+  get_ident, testing, checking = _thread.get_ident, [False], [None]
+
+  def plain(value):
+    pending, seen = [value], 0
+    while pending:
+      item = list_.pop(pending)
+      kind = type_(item)
+      seen += 1
+      if kind not in plain_types or seen > 10**7:
+        return False
+      if kind is dict_:
+        list_.extend(pending, dict_.keys(item))
+        list_.extend(pending, dict_.values(item))
+      elif kind is list_ or kind is tuple_ or kind is set_ or kind is frozenset_:
+        list_.extend(pending, item)
+    return True
+
+  def guard(function):
+    def guarded(*args, **kwargs):
+      result = function(*args, **kwargs)
+      audit("llama_jax.sandbox.result", result)
+      return result
+
+    return guarded
+
+  def tests_namespace(tests_code, program_namespace):
+    names, codes = set_(), [tests_code]
+    while codes:
+      code = list_.pop(codes)
+      set_.update(names, code.co_names)
+      list_.extend(codes, [c for c in code.co_consts if type_(c) is code_type])
+    program_names = {key: value for key, value in dict_.items(program_namespace)
+                     if type_(key) is str_}
+    namespace = {"__name__": "__main__", "__builtins__": dict_(pristine_builtins)}
+    for name in names:
+      if name in program_names and name not in pristine_builtins:
+        value = program_names[name]
+        namespace[name] = guard(value) if type_(value) is function_type else value
+    return namespace
+
+  def from_runner():
+    """Whether the event being checked was raised by the runner that _child_main called."""
+    checking[0] = get_ident()  # the frame walk below is the hook's own
+    try:
+      caller = getframe(3)  # 0: here, 1: verdict, 2: hook, 3: who raised the event
+      outer = caller.f_back
+      return (caller.f_code is runner_code and outer is not None and outer.f_code is main_code
+              and outer.f_back is not None and outer.f_back.f_back is None)
+    finally:
+      checking[0] = None
   write_flags = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
   link_mode, directory_mode, file_type = 0o120000, 0o040000, 0o170000
 
@@ -767,12 +857,20 @@ def _child_audit_hook(config: dict):
       return None
     if event == "object.__setattr__" and args[1] == "__code__":
       return "replacing a function's code"
+    if testing[0] and (event == "sys._getframe" or (
+        event == "object.__getattr__" and args[1] in frame_attributes)):
+      return "reaching frames while the tests run"
+    if event == "llama_jax.sandbox.tests":
+      if testing[0] or not from_runner():
+        return "starting the tests from the program"
+      list_.append(args[2], tests_namespace(args[0], args[1]))
+      testing[0] = True
+      return None
+    if event == "llama_jax.sandbox.result":
+      return None if plain(args[0]) else ("a result that is not plain data (" +
+                                          type_(args[0]).__name__ + ")")
     if event == "llama_jax.sandbox.completed":
-      caller = getframe(2)  # 0: verdict, 1: hook, 2: who raised the event
-      outer = caller.f_back
-      if (reported[0] or caller.f_code is not runner_code or outer is None
-          or outer.f_code is not main_code or outer.f_back is None
-          or outer.f_back.f_back is not None):
+      if reported[0] or not from_runner():
         return "reporting the program's end from the program"
       reported[0] = True
       write(verdict_fd, secret)
@@ -791,6 +889,8 @@ def _child_audit_hook(config: dict):
     return "(" + ", ".join(shown) + ")"
 
   def hook(event, args):
+    if checking[0] is not None and checking[0] == get_ident():
+      return  # the hook's own look at the caller's frames
     try:
       reason = verdict(event, args)
     except base_exception:
@@ -806,8 +906,9 @@ def _child_audit_hook(config: dict):
   return hook
 
 
-def _child_run(source: str, filename: str) -> int:
-  """Runs the program as __main__; returns the exit status the interpreter would have given."""
+def _child_run(source: str, filename: str, tests: str | None) -> int:
+  """Runs the program as __main__, then `tests` (if any) in the namespace the audit hook builds;
+  returns the exit status the interpreter would have given."""
   import atexit
   import builtins
   import sys
@@ -816,9 +917,15 @@ def _child_run(source: str, filename: str) -> int:
   module.__file__ = filename
   module.__builtins__ = builtins
   sys.modules["__main__"] = module
-  report, code = sys.audit, compile(source, filename, "exec")  # bound before the program runs
+  # Bound before the program runs, which could rebind builtins and this module's globals.
+  report, run, code = sys.audit, exec, compile(source, filename, "exec")
+  tests_code = None if tests is None else compile(tests, "tests.py", "exec")
   try:
-    exec(code, module.__dict__)
+    run(code, module.__dict__)
+    if tests_code is not None:
+      namespace = []
+      report("llama_jax.sandbox.tests", tests_code, module.__dict__, namespace)
+      run(tests_code, namespace[0])
     exit_code = 0
     report("llama_jax.sandbox.completed")  # the audit hook's verdict: ran to its end
   except SystemExit as stop:
