@@ -22,7 +22,9 @@ Layers, from the kernel up:
 - A fresh temporary directory is the child's working directory, HOME and TMPDIR, and the only
   place it may write; it is removed afterwards. The environment holds PATH, HOME, TMPDIR and LANG
   only, stdin is /dev/null and no other file descriptor is inherited.
-- An audit hook (PEP 578) installed in the child before the program runs. It denies: sockets of
+- An audit hook (PEP 578) installed in the child before the program runs, enforcing the policy
+  that llama_jax/eval/sandbox_policy.py states in one place (every denied event, module and
+  replaced function, with the reason). It denies: sockets of
   any kind, running programs (os.system, subprocess, os.exec*, os.spawn*, os.posix_spawn), fork
   (beyond `max_processes`), signals to other processes, ctypes and cffi (foreign code could
   switch the hook off: audit hooks cannot be removed from Python, but native code can do
@@ -99,6 +101,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import tqdm
+
+from llama_jax.eval import sandbox_policy
 
 STATUSES = ("passed", "failed", "timeout", "killed", "denied", "exited_early")
 DENIED_EXIT_CODE = 113  # the child's exit status after a denial
@@ -185,6 +189,7 @@ def run_python(program: str, *, tests: str | None = None, timeout_s: float = 10.
         "denied_code": DENIED_EXIT_CODE,
         "secret_fd": secret_read,
         "verdict_fd": verdict_write,
+        "policy": sandbox_policy.as_config(),
     }
     # The configuration goes in as a Python literal, which spares the child importing json.
     command = [*prefix, python, "-I", "-S", "-B", "-u", "-c",
@@ -477,7 +482,7 @@ def _child_main(config: dict) -> None:
   exit_code = 1
   try:
     _child_set_limits(config)
-    _child_disarm()
+    _child_disarm(config["policy"]["disarmed"])
     with open(config["program"], encoding="utf-8") as f:
       source = f.read()
     tests = None
@@ -550,7 +555,7 @@ def _child_count_tasks() -> int:
   return max(tasks, 1)
 
 
-def _child_disarm() -> None:
+def _child_disarm(disarmed: dict) -> None:
   """Replaces functions that raise no audit event (so the hook cannot see them) with ones that
   raise a "sandbox.*" event, which the hook denies: making FIFOs and device nodes, chroot, pidfds
   (a way to signal another process), leaving the process group, and the fork-and-exec behind
@@ -568,12 +573,9 @@ def _child_disarm() -> None:
 
     return stub
 
-  process = ("mkfifo", "mknod", "chroot", "pidfd_open", "setsid", "setpgid", "setpgrp",
-             "setpriority", "sched_setaffinity", "sched_setscheduler", "sched_setparam")
-  for module, names in ((posix, process), (sys.modules.get("os"), process),
-                        (_signal, ("pidfd_send_signal",)),
-                        (sys.modules.get("signal"), ("pidfd_send_signal",)),
-                        (_posixsubprocess, ("fork_exec",))):
+  loaded = {"posix": posix, "_signal": _signal, "_posixsubprocess": _posixsubprocess}
+  for module_name, names in disarmed.items():
+    module = loaded.get(module_name) or sys.modules.get(module_name)
     for name in names:
       if module is not None and hasattr(module, name):
         setattr(module, name, denied(f"{module.__name__}.{name}"))
@@ -639,7 +641,7 @@ def _child_audit_hook(config: dict):
   plain_types = frozenset_((bool, int, float, complex, str_, bytes_, type_(None), list_, tuple_,
                             dict_, set_, frozenset_))
   function_type, code_type = type_(made), type_(made.__code__)
-  frame_attributes = frozenset_(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"))
+  frame_attributes = frozenset_(config["policy"]["frame_attributes"])
   get_ident, testing, checking = _thread.get_ident, [False], [None]
 
   def plain(value):
@@ -693,25 +695,14 @@ def _child_audit_hook(config: dict):
   write_flags = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
   link_mode, directory_mode, file_type = 0o120000, 0o040000, 0o170000
 
-  always_denied = frozenset((
-      "os.system", "os.exec", "os.spawn", "os.posix_spawn", "subprocess.Popen", "pty.spawn",
-      "os.killpg", "os.link", "os.symlink", "os.chdir", "resource.setrlimit", "resource.prlimit",
-      "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
-      "sys.settrace", "sys.setprofile", "code.__new__", "marshal.loads", "marshal.load",
-      "cpython.PyInterpreterState_New"))
-  denied_prefixes = ("socket.", "ctypes.", "syslog.", "sandbox.")
-  # Modules that run foreign code, give back functions _child_disarm replaced, or touch files
-  # from C without audit events (readline's history, POSIX shared memory, dbm, Tcl).
-  denied_modules = frozenset((
-      "ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "posix", "_signal",
-      "_xxsubinterpreters", "_xxinterpchannels", "readline", "_posixshmem", "_dbm", "_gdbm",
-      "_tkinter", "spwd", "_sqlite3"))
-  write_events = frozenset((
-      "os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.utime", "os.truncate",
-      "os.setxattr", "os.removexattr", "os.chflags", "os.lchflags", "shutil.rmtree"))
-  read_events = frozenset(("os.listdir", "os.scandir", "os.getxattr", "os.listxattr"))
-  shutdown_events = frozenset(("cpython.PyInterpreterState_Clear",
-                               "cpython._PySys_ClearAuditHooks"))
+  # The tables of llama_jax/eval/sandbox_policy.py, copied: the program can reach the
+  # configuration (through _child_main's frame), not these copies. The rules below that need a
+  # path or a process are the hook's own.
+  policy = config["policy"]
+  denied_events, denied_modules = dict(policy["events"]), dict(policy["modules"])
+  denied_prefixes = tuple(policy["event_prefixes"].items())
+  write_events, read_events = frozenset(policy["write_events"]), frozenset(policy["read_events"])
+  shutdown_events = frozenset(policy["shutdown_events"])
 
   def inside(path, root):
     return path == root or str_.startswith(path, root + "/")
@@ -802,8 +793,11 @@ def _child_audit_hook(config: dict):
 
   def verdict(event, args):
     """None to allow the event, or why it is denied."""
-    if event in always_denied or str_.startswith(event, denied_prefixes):
-      return "not allowed in the sandbox"
+    if event in denied_events:
+      return denied_events[event]
+    for prefix, reason in denied_prefixes:
+      if str_.startswith(event, prefix):
+        return reason
     if event == "open":
       path = named(args[0])
       if path is None:
@@ -832,8 +826,10 @@ def _child_audit_hook(config: dict):
       return None if path is None or readable(path) else "reading the project's or caller's files"
     if event == "import":
       name = str_.rpartition(args[0], ".")[2]
-      if name in denied_modules or str_.startswith(name, "_test"):
-        return "a module that can get around the sandbox"
+      if name in denied_modules:
+        return denied_modules[name]
+      if str_.startswith(name, "_test"):
+        return "CPython's test helpers"
       if args[1] is not None and not in_library(named(args[1])):
         return "native code from outside the standard library"
       return None
@@ -848,7 +844,7 @@ def _child_audit_hook(config: dict):
       kind, made_args, box = args
       if kind == "builtin":
         if made_args[0].name in denied_modules:
-          return "a module that can get around the sandbox"
+          return denied_modules[made_args[0].name]
         box.append(create_builtin(*made_args))
       elif made_args[1] is not None:
         return "code from bytes (a frozen module given its data)"
