@@ -6,7 +6,8 @@ themselves goes through here: output is produced in chunks and refused with `Dec
 as soon as it passes a limit, so memory stays bounded by the limit whatever the input holds.
 A stream that ends before its compressed data does raises EOFError (a truncated file). Streams
 (`open_decompressed`: gzip, bz2, zstd) have the ratio limit only, since a WET file or a Wikipedia
-dump legitimately decompresses to gigabytes; whole files (`decompress`, `read_within`) have both.
+dump legitimately decompresses to gigabytes; whole files (`decompress`, `read_within`: a stream
+read to its end) have both.
 
 Limits (`Limits`, defaults below, ours): 256 MiB out of one file (arXiv caps a submission at 50
 MB), 128 MiB out of one archive member, and 200 times the compressed size once past 16 MiB (text
@@ -65,28 +66,9 @@ def _decompressor(codec: str):
 
 
 def decompress(data: bytes, codec: str, limits: Limits = LIMITS) -> bytes:
-  """`data` (gzip or bz2, every concatenated member) decompressed within `limits`."""
-  chunks, produced = [], 0
-  rest = data
-  while rest:
-    decompressor = _decompressor(codec)
-    pending = rest
-    while not decompressor.eof:
-      if codec == "gzip":
-        piece = decompressor.decompress(pending, _CHUNK)
-        pending = decompressor.unconsumed_tail
-        starved = not pending and not piece
-      else:
-        piece = decompressor.decompress(pending, _CHUNK)
-        pending = b""
-        starved = decompressor.needs_input and not piece
-      chunks.append(piece)
-      produced += len(piece)
-      limits.check(produced, len(data))
-      if starved and not decompressor.eof:
-        raise EOFError(f"compressed {codec} data ends early (after {produced:,} bytes out)")
-    rest = decompressor.unused_data
-  return b"".join(chunks)
+  """`data` (gzip, bz2 or zstd, every concatenated member) decompressed within `limits`."""
+  stream = DecompressingReader(io.BytesIO(data), codec, limits=limits)
+  return read_within(stream, len(data), "the file", limits)
 
 
 def read_within(stream: BinaryIO, compressed_size: int, what: str,
