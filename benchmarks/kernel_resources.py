@@ -21,7 +21,8 @@ import json
 import jax
 
 from llama_jax import gpu_compile
-from llama_jax.kernels.flash_attention import BlockSizes, Tiling, default_block_sizes
+from llama_jax.gpu_compile import GPUS
+from llama_jax.kernels.flash_attention import HEAD_DIMS, BlockSizes, Tiling, default_block_sizes
 
 KERNELS = {"flash_attention_forward": "forward", "flash_attention_dq": "dq",
            "flash_attention_dkv": "dkv"}
@@ -94,9 +95,18 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--shape", type=_shape, default="4x2048x16", help="batch x seq x heads")
   parser.add_argument("--sweep", action="store_true", help="every candidate tiling")
   args = parser.parse_args(argv)
-  for gpu in args.gpus.split(","):
+  gpus = args.gpus.split(",")
+  if unknown := [gpu for gpu in gpus if gpu not in GPUS]:
+    parser.error(f"--gpus: {unknown} unknown; target configs are shipped for {sorted(GPUS)}")
+  try:
+    head_dims = [int(d) for d in args.head_dims.split(",")]
+  except ValueError:
+    parser.error(f"--head_dims={args.head_dims}: comma-separated integers, e.g. 64,128")
+  if unsupported := [d for d in head_dims if d not in HEAD_DIMS]:
+    parser.error(f"--head_dims: {unsupported} not among the kernel's {HEAD_DIMS}")
+  for gpu in gpus:
     device = gpu_compile.gpu_devices(gpu)[0]
-    for head_dim in (int(d) for d in args.head_dims.split(",")):
+    for head_dim in head_dims:
       # A sweep varies one kernel at a time, so that a tiling the GPU cannot hold fails alone.
       candidates = ([(kernel, dataclasses.replace(BlockSizes(*[_SWEEP_BASE] * 3), **{kernel: t}))
                      for kernel, tilings in SWEEP.items() for t in tilings] if args.sweep

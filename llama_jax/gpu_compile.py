@@ -58,12 +58,10 @@ def target_config(gpu: str) -> str:
 class GpuLimits:
   """Per-SM resources and device figures of a GPU, from its target config."""
 
-  name: str
   sm_count: int
   shared_memory_per_sm: int
   registers_per_sm: int
   threads_per_sm: int
-  memory_bytes: int
   memory_bandwidth: float  # bytes/s
   # CUDA's per-SM block limit on compute capability 8.0 and 9.0, and the shared memory the runtime
   # reserves per block (CUDA C++ Programming Guide, "Compute Capabilities", table 21).
@@ -79,14 +77,12 @@ def gpu_limits(gpu: str) -> GpuLimits:
     match = re.search(rf"^\s*{name}: (\S+)", text, re.MULTILINE)
     if match is None:
       raise ValueError(f"{GPUS[gpu]} has no {name} field")
-    return match.group(1).strip('"')
+    return match.group(1)
 
-  name = re.search(r'^\s*name: "([^"]+)"', text, re.MULTILINE)
-  return GpuLimits(name=name.group(1) if name else gpu, sm_count=int(field("core_count")),
+  return GpuLimits(sm_count=int(field("core_count")),
                    shared_memory_per_sm=int(field("shared_memory_per_core")),
                    registers_per_sm=int(field("registers_per_core_limit")),
                    threads_per_sm=int(field("threads_per_core_limit")),
-                   memory_bytes=int(field("device_memory_size")),
                    memory_bandwidth=float(field("memory_bandwidth")))
 
 
@@ -137,6 +133,7 @@ class KernelResources:
     return self.spill_stores + self.spill_loads
 
 
+@functools.cache
 def _ptxas() -> str:
   spec = importlib.util.find_spec("nvidia.cuda_nvcc")
   for folder in (spec.submodule_search_locations or []) if spec else []:

@@ -148,9 +148,7 @@ def vocab_parallel_lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
       return jax.lax.psum(partial, vocab_axis)
     return jax.lax.psum_scatter(partial, vocab_axis, scatter_dimension=1, tiled=True)
 
-  return jax.shard_map(local, mesh=mesh_rules.mesh,
-                       in_specs=(table_spec, mesh_rules.spec(TOKENS)), out_specs=residual_spec,
-                       check_vma=False)(table, tokens)
+  return shard_locally(local, (("vocab", None), TOKENS), RESIDUAL)(table, tokens)
 
 
 def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:

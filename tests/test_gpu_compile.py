@@ -5,6 +5,7 @@ XLA's GPU compiler runs here without a GPU (JAX's CUDA plugin, the gpu-compile e
 extra includes); nothing is executed on a GPU and nothing here measures speed.
 """
 
+import json
 import math
 import os
 import re
@@ -18,6 +19,7 @@ import optax
 import pytest
 from conftest import REPO_ROOT
 
+from benchmarks import kernel_resources
 from llama_jax import gpu_compile
 from llama_jax.attention import dot_product_attention
 from llama_jax.kernels.flash_attention import BlockSizes, Tiling
@@ -228,3 +230,16 @@ def test_plan_falls_back_to_the_cpu_estimate_and_says_so(tmp_path):
   assert "pip install -e '.[gpu-compile]'" in without
   for out in (with_plugin, without):
     assert re.search(r"\(1, 1, 1\)( +\d+\.\d\d){5} +yes", out), out
+
+
+def test_kernel_resources_benchmark_prints_a_row_per_kernel(capsys):
+  kernel_resources.main(["--gpus=a100", "--head_dims=64", "--shape=1x256x2"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert sorted(row["kernel"] for row in rows) == ["dkv", "dq", "forward"]
+  for row in rows:
+    assert row["gpu"] == "a100" and row["spill_bytes"] == 0 and row["registers"] > 0
+  for flag, message in (("--gpus=h200", "h200"), ("--head_dims=96", "96"),
+                        ("--head_dims=x", "comma-separated integers")):
+    with pytest.raises(SystemExit):
+      kernel_resources.main([flag])
+    assert message in capsys.readouterr().err
