@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_jax.eval import generative
+from llama_jax.eval import generative, sandbox
 from llama_jax.eval.generative import (
   GENERATIVE_TASKS,
   GenerationSettings,
@@ -572,7 +572,7 @@ def fake_sandbox(monkeypatch):
             for p in programs]
 
   module = types.ModuleType("llama_jax.eval.sandbox")
-  module.run_many = run_many
+  module.run_many, module.Tests = run_many, sandbox.Tests
   monkeypatch.setitem(sys.modules, "llama_jax.eval.sandbox", module)
   return seen
 
@@ -593,7 +593,8 @@ def test_humaneval_pass_at_k_end_to_end(data_dir, fake_sandbox):
   assert (len(programs), workers, timeout_s) == (20, 3, 2.5)
   first = _jsonl(data_dir / "humaneval/HumanEval.jsonl.gz")[0]
   assert programs[0] == first["prompt"] + first["canonical_solution"]
-  assert tests[0] == "\n" + first["test"] + "\n" + "check(has_close_elements)\n"
+  assert tests[0] == sandbox.Tests("\n" + first["test"] + "\n" + "check(has_close_elements)\n",
+                                   setup=first["prompt"], calls=("has_close_elements",))
   # pass@1 = c/n per item; pass@10 and pass@100 need more than the 4 samples drawn.
   means = _metric_means(result)
   assert means == pytest.approx({"pass@1": (1 + 0.5 + 0 + 0.25 + 0.25) / 5,
@@ -611,10 +612,11 @@ def test_mbpp_programs_and_pass_at_k_end_to_end(data_dir, fake_sandbox):
   result = evaluate_generative(generate, task, data_dir, num_samples=10, progress=False)
   programs, tests = fake_sandbox[0][:2]
   assert programs[0] == "def add_numbers(a, b):\n  return a + b\n"
-  assert tests[0] == ("\n\nassert add_numbers(1, 2) == 3\nassert add_numbers(-1, 1) == 0\n"
-                      "assert add_numbers(10, 5) == 15\n")
+  assert tests[0] == sandbox.Tests("\nassert add_numbers(1, 2) == 3\nassert add_numbers(-1, 1) "
+                                   "== 0\nassert add_numbers(10, 5) == 15\n")
   assert programs[10] == "import math\nBROKEN"
-  assert tests[10].startswith("\nimport math\nassert math.isclose(")
+  assert tests[10].setup == "import math\n"  # the setup serves the tests in their own process
+  assert tests[10].code.startswith("\nassert math.isclose(")
   assert result.metrics["pass@1"].mean == pytest.approx(0.25)
   assert result.metrics["pass@10"].mean == pytest.approx(0.5)
   assert "pass@80" not in result.metrics  # more than the samples drawn
@@ -625,8 +627,6 @@ def test_mbpp_programs_and_pass_at_k_end_to_end(data_dir, fake_sandbox):
 
 def test_code_through_the_sandbox(data_dir):
   """Canonical solutions pass and a broken one fails in the real sandbox."""
-  if not (Path(generative.__file__).parent / "sandbox.py").exists():
-    pytest.skip("llama_jax/eval/sandbox.py not written yet")
   task = GENERATIVE_TASKS["humaneval"]
   solutions = [r["canonical_solution"] for r in _jsonl(data_dir / "humaneval/HumanEval.jsonl.gz")]
   generate = canned_generate(task, data_dir, lambda i, item: [

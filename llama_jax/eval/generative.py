@@ -68,9 +68,11 @@ class Item:
   answers: tuple[str, ...] = ()
   gold: str = ""  # the answer as the benchmark writes it, for per-item output
   # Code: the program is program_prefix + completion; program_tests run apart from it, in a
-  # namespace of their own (sandbox.run_python's `tests`).
+  # process of their own after program_prefix (trusted: the prompt's helpers, MBPP's setup),
+  # calling program_calls and the other names they use in the program (sandbox.Tests).
   program_prefix: str = ""
   program_tests: str = ""
+  program_calls: tuple[str, ...] = ()
   subset: str = ""  # MATH's subject: metrics are also reported per subject
   task_id: str = ""
 
@@ -181,6 +183,7 @@ def _read_humaneval(task: GenerativeTask, path: Path) -> list[Item]:
                           f"{entry_point!r}")
     items.append(Item(source, prompt, program_prefix=prompt,
                       program_tests=f"\n{test}\ncheck({entry_point})\n",
+                      program_calls=(entry_point,),
                       task_id=field(r, "task_id", source)))
   return items
 
@@ -210,7 +213,7 @@ def _read_mbpp_records(task: GenerativeTask, path: Path) -> list[tuple[int, Item
                                 target=code + "\n[DONE]",
                                 # The setup (imports) serves the solution and the tests alike.
                                 program_prefix=setup + "\n" if setup else "",
-                                program_tests="\n" + setup + "\n" + "\n".join(tests) + "\n",
+                                program_tests="\n" + "\n".join(tests) + "\n",
                                 task_id=str(task_id))))
   return items
 
@@ -555,9 +558,10 @@ def score_code(task: GenerativeTask, items: Sequence[Item], completions: Sequenc
   """Every sample's program run against the item's tests in the sandbox; pass@k (Chen et al.
   2021) for each k of the task up to the number of samples. Samples that timed out, were killed
   or were refused an operation count as failed, and each is reported (`sandbox_timeout`...)."""
-  from llama_jax.eval.sandbox import run_many  # written beside this module; imported when used
+  from llama_jax.eval.sandbox import Tests, run_many  # beside this module; imported when used
 
-  pairs = [(item.program_prefix + text, item.program_tests)
+  pairs = [(item.program_prefix + text,
+            Tests(item.program_tests, setup=item.program_prefix, calls=item.program_calls))
            for item, texts in zip(items, completions, strict=True) for text in texts]
   programs = [program for program, _ in pairs]
   results = run_many(programs, tests=[tests for _, tests in pairs], workers=options.workers,

@@ -57,8 +57,8 @@ what can be written before the time limit.
 
 Not guaranteed: this is not a security boundary against a determined attacker. The audit hook is a
 check inside the attacker's own interpreter: Python objects can be introspected in many ways
-(frames, closures of functions the program can reach), the program shares its namespace and builtins
-with the tests it is checked by unless they run apart, and a kernel exploit defeats every layer.
+(frames, closures of functions the program can reach), the program shares its interpreter with
+the tests it is checked by unless they run apart, and a kernel exploit defeats every layer.
 Reads outside the protected directories are allowed (the standard library, /etc, /usr). RLIMIT_NPROC
 is not enforced by the kernel for root or for processes with CAP_SYS_RESOURCE or CAP_SYS_ADMIN, so
 there it is the audit hook alone that stops a fork bomb.
@@ -71,21 +71,25 @@ top of the stack (a program that calls the runner, or raises the event itself, i
 parent compares what the pipe holds. Trace and profile functions (which could skip the tests' lines
 or rebind their `check`) and swapping a function's code are denied.
 
-Tests apart (`tests=`): the tests run after the program in a namespace the audit hook builds: the
-builtins as they were before the program ran, and only the program's names that the tests use,
-its functions wrapped so that a result must be plain data (None, bool, numbers, str, bytes and
-lists, tuples, sets and dicts of them, exact types): a completion that rebinds a builtin or a
-name the tests use, or returns an object whose `__eq__` says yes to anything, does not pass. While
-the tests run, frames cannot be reached (sys._getframe, tracebacks', generators' and coroutines'
-frames), so code the program left behind cannot find the tests' namespace. The program's modules
-are shared with the tests (a program could still change a function of `math` that the tests call).
+Tests apart (`tests=`, a `Tests`): the tests run in a process of their own that the program
+never ran in. Before the program runs (the hook installed, nothing untrusted yet), the runner
+forks: the fork runs the program, the original waits until the program's runner sends it the
+secret (the program ran to its end), then runs the tests' setup and the tests. The names the tests
+use from the program are bound there as the program describes them: its functions as proxies that
+call them in the program's process over a pipe, its modules imported afresh, its plain values
+copied. Arguments and results cross as pickles of plain data (None, bool, numbers, str, bytes and
+lists, tuples, sets and dicts of them, exact types; the tests' side unpickles no class). So a
+completion can rebind builtins, modules (math.fabs) or the prompt's helpers, or return an object
+whose `__eq__` says yes to anything, and none of it reaches the tests; only the tests' process
+writes the verdict, and an early end of the program (before or during the tests) ends the tests'
+process with the program's own status. What crosses is only plain data, so tests that pass the
+program's own objects to it (instances of its classes) cannot run apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import math
 import os
 import secrets
@@ -102,7 +106,7 @@ from pathlib import Path
 
 import tqdm
 
-from llama_jax.eval import sandbox_policy
+from llama_jax.eval import sandbox_child, sandbox_policy
 
 STATUSES = ("passed", "failed", "timeout", "killed", "denied", "exited_early")
 DENIED_EXIT_CODE = 113  # the child's exit status after a denial
@@ -131,13 +135,30 @@ class ExecutionResult:
     return self.status == "passed"
 
 
-def run_python(program: str, *, tests: str | None = None, timeout_s: float = 10.0,
+@dataclasses.dataclass(frozen=True)
+class Tests:
+  """Tests run apart from the program (see "Tests apart" in the module docstring).
+
+  code: the tests' source (asserts, a `check` function and its call).
+  setup: source run before the tests in their own process: trusted code the tests rely on, such
+    as a HumanEval prompt's helper functions, which the completion could otherwise rebind.
+  calls: names the tests call in the program even where `setup` defines them (HumanEval's entry
+    point, which its prompt defines without a body). Other names the tests use and neither the
+    setup nor the builtins define are looked up in the program.
+  """
+
+  code: str
+  setup: str = ""
+  calls: tuple[str, ...] = ()
+
+
+def run_python(program: str, *, tests: str | Tests | None = None, timeout_s: float = 10.0,
                memory_mb: int = 1024, max_processes: int = 0, file_size_mb: int = 64,
                namespaces: bool = True) -> ExecutionResult:
   """Runs `program` (Python source) in the sandbox described in the module docstring.
 
-  tests: Python source run after the program in a namespace of its own (see "Tests apart" in the
-    module docstring); it passes only if both run to their end.
+  tests: tests run apart from the program (a `Tests`, or its code alone; see "Tests apart" in
+    the module docstring); the program passes only if it and its tests run to their end.
   timeout_s: wall-clock limit; the CPU limit is one second more, rounded up.
   memory_mb: address-space limit of the interpreter.
   max_processes: how many times the program may fork (each child stays under the same rules and
@@ -163,11 +184,14 @@ def run_python(program: str, *, tests: str | None = None, timeout_s: float = 10.
     program_path = os.path.join(workdir, "program.py")
     with open(program_path, "w", encoding="utf-8") as f:
       f.write(program)
-    tests_path = None
+    tests_config = None
     if tests is not None:
-      tests_path = os.path.join(workdir, "tests.py")
-      with open(tests_path, "w", encoding="utf-8") as f:
-        f.write(tests)
+      tests = tests if isinstance(tests, Tests) else Tests(tests)
+      tests_config = {"calls": list(tests.calls)}
+      for part, text in (("code", tests.code), ("setup", tests.setup)):
+        tests_config[part] = os.path.join(workdir, f"tests_{part}.py")
+        with open(tests_config[part], "w", encoding="utf-8") as f:
+          f.write(text)
     cpu_s = math.ceil(timeout_s) + 1
     # The verdict: a secret the child's audit hook reads from a pipe before the program runs and
     # writes back only when the runner reports that the program ran to its end.
@@ -178,7 +202,7 @@ def run_python(program: str, *, tests: str | None = None, timeout_s: float = 10.
     os.close(secret_write)
     config = {
         "program": program_path,
-        "tests": tests_path,
+        "tests": tests_config,
         "workdir": workdir,
         "protected": _protected_roots(),
         "cpu_s": cpu_s,
@@ -188,6 +212,7 @@ def run_python(program: str, *, tests: str | None = None, timeout_s: float = 10.
         "nproc_margin": _NPROC_MARGIN,
         "denied_code": DENIED_EXIT_CODE,
         "secret_fd": secret_read,
+        "secret_bytes": len(secret),
         "verdict_fd": verdict_write,
         "policy": sandbox_policy.as_config(),
     }
@@ -209,7 +234,7 @@ def run_python(program: str, *, tests: str | None = None, timeout_s: float = 10.
                          returncode=returncode, output=output, seconds=seconds)
 
 
-def run_many(programs: Sequence[str], *, tests: Sequence[str] | None = None,
+def run_many(programs: Sequence[str], *, tests: Sequence[str | Tests | None] | None = None,
              workers: int | None = None, timeout_s: float = 10.0, progress: bool = False,
              **limits) -> list[ExecutionResult]:
   """Runs `programs` in parallel, each through `run_python` with its `tests` (if given),
@@ -281,11 +306,9 @@ def _protected_roots() -> list[str]:
 
 @functools.cache
 def _bootstrap_source() -> str:
-  """The code the child runs before (and around) the program: the `_child_*` functions below,
-  sent as source so that the child need not import this package."""
-  functions = (_child_main, _child_set_limits, _child_count_tasks, _child_disarm,
-               _child_audit_hook, _child_run, _child_exit_code)
-  return "\n\n".join(inspect.getsource(f) for f in functions)
+  """The code the child runs before (and around) the program: sandbox_child.py, sent as source so
+  that the child need not import this package."""
+  return Path(sandbox_child.__file__).read_text(encoding="utf-8")
 
 
 class _Tail:
@@ -466,494 +489,3 @@ def _status(returncode: int, timed_out: bool, cpu_used: float, cpu_limit: int,
       return "timeout"
     return "killed"
   return "failed"
-
-
-# Child side. These functions run in the sandboxed interpreter, sent as source by
-# `_bootstrap_source`: they may use only what they import themselves and each other.
-
-
-def _child_main(config: dict) -> None:
-  """Sets the limits, installs the audit hook and runs the program; always ends with os._exit,
-  so that the interpreter never finalizes (audit hooks are cleared during finalization, and
-  objects' __del__ methods would then run unchecked)."""
-  import posix
-  import sys
-
-  exit_code = 1
-  try:
-    _child_set_limits(config)
-    _child_disarm(config["policy"]["disarmed"])
-    with open(config["program"], encoding="utf-8") as f:
-      source = f.read()
-    tests = None
-    if config["tests"] is not None:
-      with open(config["tests"], encoding="utf-8") as f:
-        tests = f.read()
-    sys.argv = [config["program"]]
-    # No bytecode is read: imports compile the standard library from source (where nothing
-    # unmarshals bytes), so the hook can deny marshal, the one way to turn bytes into code.
-    sys.pycache_prefix = config["workdir"] + "/.no-bytecode"
-    sys.addaudithook(_child_audit_hook(config))
-    exit_code = _child_run(source, config["program"], tests)
-  except BaseException:
-    import traceback
-
-    traceback.print_exc()
-    posix.write(2, b"sandbox: the sandbox itself failed before or after the program\n")
-  finally:
-    posix._exit(exit_code)
-
-
-def _child_set_limits(config: dict) -> None:
-  import resource
-
-  def limit(which: int, soft: int, hard: int) -> None:
-    _, current_hard = resource.getrlimit(which)
-    if current_hard != resource.RLIM_INFINITY:
-      soft, hard = min(soft, current_hard), min(hard, current_hard)
-    resource.setrlimit(which, (soft, hard))
-
-  limit(resource.RLIMIT_CORE, 0, 0)
-  limit(resource.RLIMIT_CPU, config["cpu_s"], config["cpu_s"] + 1)
-  limit(resource.RLIMIT_AS, config["memory_bytes"], config["memory_bytes"])
-  limit(resource.RLIMIT_FSIZE, config["file_bytes"], config["file_bytes"])
-  # RLIMIT_NPROC counts every task (process or thread) of the real user, not this process's
-  # children, so a limit of max_processes alone would stop the child at once wherever the user
-  # runs anything else. Counted in the child's user namespace, which the kernel counts in too.
-  # The kernel ignores this limit for root and for holders of CAP_SYS_RESOURCE or CAP_SYS_ADMIN;
-  # the audit hook's ban on fork is what holds there.
-  tasks = _child_count_tasks() + config["max_processes"] + config["nproc_margin"]
-  limit(resource.RLIMIT_NPROC, tasks, tasks)
-
-
-def _child_count_tasks() -> int:
-  """Tasks of this process's real user in its user namespace, threads included."""
-  import posix
-
-  uid = posix.getuid()
-  try:
-    namespace = posix.readlink("/proc/self/ns/user")
-  except OSError:
-    namespace = None
-  tasks = 0
-  for name in posix.listdir("/proc"):
-    if not name.isdigit():
-      continue
-    try:
-      # Cheap tests first: the namespace, then the owner of the /proc entry (the effective user).
-      if namespace is not None and posix.readlink(f"/proc/{name}/ns/user") != namespace:
-        continue
-      if posix.stat(f"/proc/{name}").st_uid != uid:
-        continue
-      with open(f"/proc/{name}/status", encoding="utf-8") as f:
-        fields = dict(line.split(":", 1) for line in f if ":" in line)
-      if int(fields["Uid"].split()[0]) != uid:
-        continue
-      tasks += int(fields["Threads"])
-    except (OSError, KeyError, ValueError):  # exited meanwhile, or not ours to read
-      continue
-  return max(tasks, 1)
-
-
-def _child_disarm(disarmed: dict) -> None:
-  """Replaces functions that raise no audit event (so the hook cannot see them) with ones that
-  raise a "sandbox.*" event, which the hook denies: making FIFOs and device nodes, chroot, pidfds
-  (a way to signal another process), leaving the process group, and the fork-and-exec behind
-  subprocess and multiprocessing. They are looked up on each call, so replacing them suffices;
-  re-importing these modules is denied by the hook. os and signal copy their functions from
-  posix and _signal when first imported, so they are patched only if imported already."""
-  import _posixsubprocess
-  import _signal
-  import posix
-  import sys
-
-  def denied(name: str):
-    def stub(*args, **kwargs):
-      sys.audit("sandbox." + name)
-
-    return stub
-
-  loaded = {"posix": posix, "_signal": _signal, "_posixsubprocess": _posixsubprocess}
-  for module_name, names in disarmed.items():
-    module = loaded.get(module_name) or sys.modules.get(module_name)
-    for name in names:
-      if module is not None and hasattr(module, name):
-        setattr(module, name, denied(f"{module.__name__}.{name}"))
-
-
-def _child_audit_hook(config: dict):
-  """The audit hook (see the module docstring for what it denies)."""
-  import posix
-  import sys
-
-  # Everything the hook uses is bound here, before the program runs: the program can rebind
-  # builtins and module attributes (os.path.realpath, builtins.open), but nothing it can reach
-  # holds this closure, and the garbage collector's object walks are denied.
-  write, exit_now, lstat, stat, readlink, getpid = (
-      posix.write, posix._exit, posix.lstat, posix.stat, posix.readlink, posix.getpid)
-  str_, bytes_, int_, type_, repr_ = str, bytes, int, type, repr
-  base_exception, os_error, type_error = BaseException, OSError, TypeError
-  encoding = sys.getfilesystemencoding()
-  workdir = config["workdir"]
-  protected = tuple(config["protected"])
-  denied_code = config["denied_code"]
-  forks_left = [config["max_processes"]]
-  main_pid = getpid()
-  # The verdict's secret lives only in this closure, which nothing the program can reach holds;
-  # the hook writes it to verdict_fd once, when the runner reports that the program ran to its
-  # end, and only if the report comes from the runner called by _child_main at the top of the
-  # stack (not from a copy the program calls, nor from a code object swapped in).
-  secret = b""
-  while chunk := posix.read(config["secret_fd"], 64):
-    secret += chunk
-  posix.close(config["secret_fd"])
-  verdict_fd = config["verdict_fd"]
-  getframe = sys._getframe
-  runner_code, main_code = _child_run.__code__, _child_main.__code__
-  reported = [False]
-  # The import machinery's ways to make a module or code object without an audit event: a
-  # fresh copy of a built-in module (posix, _signal, with the functions _child_disarm replaced),
-  # or a "frozen" module unmarshalled from bytes the caller gives. The originals stay in this
-  # closure; the machinery calls stand-ins that ask the hook (llama_jax.sandbox.make_module).
-  import _imp
-
-  audit = sys.audit
-  create_builtin, get_frozen_object = _imp.create_builtin, _imp.get_frozen_object
-
-  def made(kind, *args):
-    box = []
-    audit("llama_jax.sandbox.make_module", kind, args, box)
-    return box[0]
-
-  _imp.create_builtin = lambda spec: made("builtin", spec)
-  _imp.get_frozen_object = lambda name, data=None: made("frozen", name, data)
-
-  # Tests apart (run_python's `tests`): the tests run in a namespace the hook builds, with the
-  # builtins as they were before the program ran, and only the program's names that the tests
-  # use; its functions return through a guard that lets only plain data out (an object whose
-  # __eq__ says yes to anything is refused). While they run no frame can be reached, so nothing
-  # the program left behind can find the tests' namespace. Everything used here is bound now.
-  import _thread
-  import builtins
-
-  dict_, list_, tuple_, set_, frozenset_ = dict, list, tuple, set, frozenset
-  pristine_builtins = dict_(builtins.__dict__)
-  plain_types = frozenset_((bool, int, float, complex, str_, bytes_, type_(None), list_, tuple_,
-                            dict_, set_, frozenset_))
-  function_type, code_type = type_(made), type_(made.__code__)
-  frame_attributes = frozenset_(config["policy"]["frame_attributes"])
-  get_ident, testing, checking = _thread.get_ident, [False], [None]
-
-  def plain(value):
-    pending, seen = [value], 0
-    while pending:
-      item = list_.pop(pending)
-      kind = type_(item)
-      seen += 1
-      if kind not in plain_types or seen > 10**7:
-        return False
-      if kind is dict_:
-        list_.extend(pending, dict_.keys(item))
-        list_.extend(pending, dict_.values(item))
-      elif kind is list_ or kind is tuple_ or kind is set_ or kind is frozenset_:
-        list_.extend(pending, item)
-    return True
-
-  def guard(function):
-    def guarded(*args, **kwargs):
-      result = function(*args, **kwargs)
-      audit("llama_jax.sandbox.result", result)
-      return result
-
-    return guarded
-
-  def tests_namespace(tests_code, program_namespace):
-    names, codes = set_(), [tests_code]
-    while codes:
-      code = list_.pop(codes)
-      set_.update(names, code.co_names)
-      list_.extend(codes, [c for c in code.co_consts if type_(c) is code_type])
-    program_names = {key: value for key, value in dict_.items(program_namespace)
-                     if type_(key) is str_}
-    namespace = {"__name__": "__main__", "__builtins__": dict_(pristine_builtins)}
-    for name in names:
-      if name in program_names and name not in pristine_builtins:
-        value = program_names[name]
-        namespace[name] = guard(value) if type_(value) is function_type else value
-    return namespace
-
-  def from_runner():
-    """Whether the event being checked was raised by the runner that _child_main called."""
-    checking[0] = get_ident()  # the frame walk below is the hook's own
-    try:
-      caller = getframe(3)  # 0: here, 1: verdict, 2: hook, 3: who raised the event
-      outer = caller.f_back
-      return (caller.f_code is runner_code and outer is not None and outer.f_code is main_code
-              and outer.f_back is not None and outer.f_back.f_back is None)
-    finally:
-      checking[0] = None
-  write_flags = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
-  link_mode, directory_mode, file_type = 0o120000, 0o040000, 0o170000
-
-  # The tables of llama_jax/eval/sandbox_policy.py, copied: the program can reach the
-  # configuration (through _child_main's frame), not these copies. The rules below that need a
-  # path or a process are the hook's own.
-  policy = config["policy"]
-  denied_events, denied_modules = dict(policy["events"]), dict(policy["modules"])
-  denied_prefixes = tuple(policy["event_prefixes"].items())
-  write_events, read_events = frozenset(policy["write_events"]), frozenset(policy["read_events"])
-  shutdown_events = frozenset(policy["shutdown_events"])
-
-  def inside(path, root):
-    return path == root or str_.startswith(path, root + "/")
-
-  def resolve(path):
-    """`path` made absolute with every symlink followed, as the kernel would; components that do
-    not exist are kept as written."""
-    if not str_.startswith(path, "/"):
-      path = workdir + "/" + path  # the working directory: changing it is denied
-    pending = str_.split(path, "/")[::-1]
-    parts = []
-    links = 0
-    while pending:
-      part = pending.pop()
-      if part in ("", "."):
-        continue
-      if part == "..":
-        if parts:
-          parts.pop()
-        continue
-      candidate = "/" + "/".join(parts + [part])
-      try:
-        mode = lstat(candidate).st_mode
-      except os_error:
-        parts.append(part)
-        continue
-      if mode & file_type != link_mode:
-        parts.append(part)
-        continue
-      links += 1
-      if links > 40:
-        raise os_error("too many levels of symbolic links")
-      target = readlink(candidate)
-      if str_.startswith(target, "/"):
-        parts = []
-      pending.extend(str_.split(target, "/")[::-1])
-    return "/" + "/".join(parts)
-
-  def named(value):
-    """The resolved path an event argument names; None for a file descriptor."""
-    kind = type_(value)
-    if kind is int_:
-      return None
-    if kind is bytes_:
-      value = bytes_.decode(value, encoding, "surrogateescape")
-    elif kind is not str_:
-      raise type_error("a path that is neither str nor bytes")
-    path = resolve(value)
-    if not str_.startswith(value, "/") and not inside(path, workdir):
-      # A path relative to a directory descriptor would be resolved by the kernel from there,
-      # not from the working directory; refusing to climb out keeps the two in agreement.
-      raise os_error("a relative path out of the working directory")
-    return path
-
-  def opened(fd):
-    """The path of the file behind descriptor `fd`; None for pipes and other unnamed files."""
-    target = readlink("/proc/self/fd/" + str_(fd))
-    return resolve(target) if str_.startswith(target, "/") else None
-
-  # The standard library's directories, readable even where they lie under a protected root (a
-  # Python installed in the caller's home); native modules load from nowhere else.
-  library = tuple(resolve(entry) for entry in sys.path if str_.startswith(entry, "/"))
-
-  def in_library(path):
-    for root in library:
-      if inside(path, root):
-        return True
-    return False
-
-  def readable(path):
-    if inside(path, workdir) or in_library(path):
-      return True
-    for root in protected:
-      if inside(path, root):
-        return False
-    if str_.startswith(path, "/proc/"):
-      pid = str_.split(path, "/")[2]
-      if str_.isdigit(pid) and pid != str_(getpid()):
-        return False
-    return True
-
-  def writable(path):
-    if path is None or inside(path, workdir) or path == "/dev/null":
-      return True
-    # Left under /proc/<pid>/fd after resolving: a descriptor of no file (the stdout pipe, for
-    # /dev/stdout); one of a file resolves to the file's own path.
-    return inside(path, "/proc/" + str_(getpid()) + "/fd")
-
-  def verdict(event, args):
-    """None to allow the event, or why it is denied."""
-    if event in denied_events:
-      return denied_events[event]
-    for prefix, reason in denied_prefixes:
-      if str_.startswith(event, prefix):
-        return reason
-    if event == "open":
-      path = named(args[0])
-      if path is None:
-        return None
-      if args[2] & write_flags:
-        return None if writable(path) else "writing outside the program's directory"
-      if not readable(path):
-        return "reading the project's or caller's files"
-      if args[1] is None and not inside(path, workdir):  # os.open, which can open directories
-        try:
-          is_directory = stat(path).st_mode & file_type == directory_mode
-        except os_error:
-          is_directory = False
-        if is_directory:
-          return "a descriptor of a directory outside the program's (for dir_fd)"
-      return None
-    if event in write_events:
-      path = opened(args[0]) if type_(args[0]) is int_ else named(args[0])
-      return None if writable(path) else "changing files outside the program's directory"
-    if event == "os.rename":
-      if writable(named(args[0])) and writable(named(args[1])):
-        return None
-      return "moving files outside the program's directory"
-    if event in read_events:
-      path = named(args[0]) if args[0] is not None else workdir
-      return None if path is None or readable(path) else "reading the project's or caller's files"
-    if event == "import":
-      name = str_.rpartition(args[0], ".")[2]
-      if name in denied_modules:
-        return denied_modules[name]
-      if str_.startswith(name, "_test"):
-        return "CPython's test helpers"
-      if args[1] is not None and not in_library(named(args[1])):
-        return "native code from outside the standard library"
-      return None
-    if event in ("os.fork", "os.forkpty"):
-      if getpid() != main_pid or forks_left[0] <= 0:
-        return "more processes than max_processes"
-      forks_left[0] -= 1
-      return None
-    if event == "os.kill":
-      return None if args[0] == getpid() else "signalling another process"
-    if event == "llama_jax.sandbox.make_module":
-      kind, made_args, box = args
-      if kind == "builtin":
-        if made_args[0].name in denied_modules:
-          return denied_modules[made_args[0].name]
-        box.append(create_builtin(*made_args))
-      elif made_args[1] is not None:
-        return "code from bytes (a frozen module given its data)"
-      else:
-        box.append(get_frozen_object(made_args[0]))
-      return None
-    if event == "object.__setattr__" and args[1] == "__code__":
-      return "replacing a function's code"
-    if testing[0] and (event == "sys._getframe" or (
-        event == "object.__getattr__" and args[1] in frame_attributes)):
-      return "reaching frames while the tests run"
-    if event == "llama_jax.sandbox.tests":
-      if testing[0] or not from_runner():
-        return "starting the tests from the program"
-      list_.append(args[2], tests_namespace(args[0], args[1]))
-      testing[0] = True
-      return None
-    if event == "llama_jax.sandbox.result":
-      return None if plain(args[0]) else ("a result that is not plain data (" +
-                                          type_(args[0]).__name__ + ")")
-    if event == "llama_jax.sandbox.completed":
-      if reported[0] or not from_runner():
-        return "reporting the program's end from the program"
-      reported[0] = True
-      write(verdict_fd, secret)
-      return None
-    if event in shutdown_events:
-      exit_now(1)  # the interpreter is finalizing: _child_main's os._exit was bypassed
-    return None
-
-  def describe(args):
-    shown = []
-    for value in args[:3]:
-      if type_(value) in (str_, bytes_, int_):
-        shown.append(repr_(value)[:200])
-      else:
-        shown.append("...")
-    return "(" + ", ".join(shown) + ")"
-
-  def hook(event, args):
-    if checking[0] is not None and checking[0] == get_ident():
-      return  # the hook's own look at the caller's frames
-    try:
-      reason = verdict(event, args)
-    except base_exception:
-      reason = "could not be checked"
-    if reason is None:
-      return
-    try:
-      message = "\nsandbox: denied " + event + describe(args) + ": " + reason + "\n"
-      write(2, str_.encode(message, "utf-8", "replace"))
-    finally:
-      exit_now(denied_code)
-
-  return hook
-
-
-def _child_run(source: str, filename: str, tests: str | None) -> int:
-  """Runs the program as __main__, then `tests` (if any) in the namespace the audit hook builds;
-  returns the exit status the interpreter would have given."""
-  import atexit
-  import builtins
-  import sys
-
-  module = type(sys)("__main__")
-  module.__file__ = filename
-  module.__builtins__ = builtins
-  sys.modules["__main__"] = module
-  # Bound before the program runs, which could rebind builtins and this module's globals.
-  report, run, code = sys.audit, exec, compile(source, filename, "exec")
-  tests_code = None if tests is None else compile(tests, "tests.py", "exec")
-  try:
-    run(code, module.__dict__)
-    if tests_code is not None:
-      namespace = []
-      report("llama_jax.sandbox.tests", tests_code, module.__dict__, namespace)
-      run(tests_code, namespace[0])
-    exit_code = 0
-    report("llama_jax.sandbox.completed")  # the audit hook's verdict: ran to its end
-  except SystemExit as stop:
-    exit_code = _child_exit_code(stop.code)
-  except BaseException as error:
-    error.__traceback__ = error.__traceback__.tb_next  # the program's frames, not this one
-    sys.excepthook(type(error), error, error.__traceback__)
-    exit_code = 1
-  # What the interpreter does at exit, short of finalizing: wait for threads, run atexit.
-  threading = sys.modules.get("threading")
-  for finish in ([threading._shutdown] if threading else []) + [atexit._run_exitfuncs]:
-    try:
-      finish()
-    except SystemExit as stop:
-      exit_code = exit_code or _child_exit_code(stop.code)
-    except BaseException:
-      sys.excepthook(*sys.exc_info())
-      exit_code = exit_code or 1
-  return exit_code
-
-
-def _child_exit_code(code) -> int:
-  """The exit status for sys.exit(code), without the interpreter's wrap-around: sys.exit(256)
-  would otherwise exit with 0, which reads as passed."""
-  import sys
-
-  if code is None:
-    return 0
-  if isinstance(code, int):
-    return code if 0 <= code <= 255 else 1
-  try:
-    print(code, file=sys.stderr)
-  except BaseException:
-    pass
-  return 1

@@ -1,7 +1,7 @@
 """What the sandbox denies a program, and why: the policy of llama_jax/eval/sandbox.py in one place.
 
-sandbox.py enforces it: the tables below go to the child as data (its configuration), where the
-audit hook (PEP 578) denies the events and modules named here, `_child_disarm` replaces the
+sandbox_child.py enforces it: the tables below go to the child as data (its configuration), where
+the audit hook (PEP 578) denies the events and modules named here, `_child_disarm` replaces the
 functions named here by stubs, and the rules that need a path or a process (files, fork, kill)
 are the hook's own code. The mindset is an allow-list: evaluation needs plain computation, so
 anything that reaches outside the process, builds code from bytes or changes the interpreter is
@@ -85,13 +85,10 @@ WRITE_EVENTS = ("os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os
 READ_EVENTS = ("os.listdir", "os.scandir", "os.getxattr", "os.listxattr")
 # The interpreter finalizing, which clears audit hooks: the child ends at once instead.
 SHUTDOWN_EVENTS = ("cpython.PyInterpreterState_Clear", "cpython._PySys_ClearAuditHooks")
-# Attributes that give a frame; with sys._getframe, denied while tests run apart.
-FRAME_ATTRIBUTES = ("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back")
 
 
 def as_config() -> dict:
   """The tables as the child's configuration (literals only)."""
   return {"events": DENIED_EVENTS, "event_prefixes": DENIED_EVENT_PREFIXES,
           "modules": DENIED_MODULES, "disarmed": DISARMED, "write_events": WRITE_EVENTS,
-          "read_events": READ_EVENTS, "shutdown_events": SHUTDOWN_EVENTS,
-          "frame_attributes": FRAME_ATTRIBUTES}
+          "read_events": READ_EVENTS, "shutdown_events": SHUTDOWN_EVENTS}
