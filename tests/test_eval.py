@@ -51,10 +51,13 @@ def test_rows_are_padded_into_a_few_shapes(hf_llama_dir, piqa_requests):
   scorer.loglikelihood(piqa_requests)
   lengths = {len(r.context) + len(r.continuation) for r in piqa_requests}
   assert len(lengths) >= 15  # the items have many different lengths ...
-  assert 1 <= len(scorer.compiled_lengths) <= 3  # ... scored in a few shapes,
-  assert scorer._jitted._cache_size() - cached <= len(scorer.compiled_lengths)  # one compile each
-  assert scorer.compiled_lengths <= set(bucket_lengths(256))
-  assert bucket_lengths(256) == [32, 64, 128, 256] and bucket_lengths(100) == [32, 64, 100]
+  assert 1 <= len(scorer.compiled_shapes) <= 6  # ... scored in a few shapes,
+  assert scorer._jitted._cache_size() - cached <= len(scorer.compiled_shapes)  # one compile each
+  for length, scored in scorer.compiled_shapes:
+    assert length in bucket_lengths(256)
+    assert scored in (length // 8, length // 4, length // 2, length)
+  assert bucket_lengths(256) == [32, 48, 64, 96, 128, 192, 256]
+  assert bucket_lengths(100) == [32, 48, 64, 96, 100]
 
 
 def test_identical_requests_are_scored_once(hf_llama_dir, piqa_requests, monkeypatch):
