@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import sentencepiece
 from array_record.python.array_record_module import ArrayRecordReader
+from test_tokenizer import varied_texts
 
 from llama_jax import data
+from llama_jax.tokenizer import Tokenizer
 from preprocessing import tokenize_shards
+from preprocessing.document import Document
 
 META_MODEL = str(Path(__file__).parent / "data" / "llama-tokenizer" / "tokenizer.model")
 
@@ -89,6 +92,31 @@ def test_loader_gives_back_the_documents(tokenized):
   ends = [i + 1 for i, t in enumerate(stream[:tokens]) if t == 2]
   docs = [reference.decode(stream[a:b - 1]) for a, b in zip([0] + ends, ends, strict=False)]
   assert sorted(docs) == sorted(TEXTS.values())
+
+
+def test_batches_give_the_ids_of_one_by_one_encoding():
+  docs = [Document(id=str(i), source="", text=text) for i, text in enumerate(varied_texts())]
+  tokenize = tokenize_shards.TokenizeDocuments(META_MODEL, 3)
+  tokenize.setup()
+  one_by_one = Tokenizer(META_MODEL)
+  assert list(tokenize.process(docs)) == [
+      (tokenize_shards.shard_of(doc.id, 3),
+       (doc.id, np.asarray(one_by_one.encode(doc.text, eos=True), "<u2").tobytes()))
+      for doc in docs if doc.text]
+  assert list(tokenize.process([])) == []
+
+
+def test_output_does_not_depend_on_batch_size(tokenized, tmp_path, monkeypatch):
+  output, _ = tokenized
+  # 16 characters: most documents alone in a batch, some batches empty (BatchElements yields
+  # the empty batch before a document larger than the batch size).
+  monkeypatch.setattr(tokenize_shards, "BATCH_CHARS", 16)
+  tokenize_shards.main([f"--input={output.parent.parent / 'documents-*.jsonl.gz'}",
+                        f"--output={tmp_path}", f"--tokenizer={META_MODEL}", "--num_shards=3"])
+  files = sorted(p.name for p in output.iterdir() if p.name != "stats.json")
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name != "stats.json") == files
+  for name in files:
+    assert (tmp_path / name).read_bytes() == (output / name).read_bytes(), name
 
 
 def test_bad_arguments(tmp_path, capsys):

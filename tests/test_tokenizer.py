@@ -32,6 +32,14 @@ WORDS = ("the river runs past the old city wall where a market opens every morni
          "people buy bread fish and fruit before the long day of work begins").split()
 
 
+def varied_texts(count: int = 200, seed: int = 0) -> list[str]:
+  """Empty texts, short ones and long lines, of words, digits, whitespace and HARD_STRINGS."""
+  rng = random.Random(seed)
+  parts = WORDS + HARD_STRINGS + ["12345", "3.14", "1,000,000", "€", "🦙", "\t", "  "]
+  return [rng.choice([" ", "", "\n"]).join(rng.choices(parts, k=length))
+          for length in rng.choices([0, 1, 3, 30, 300, 2000], k=count)]
+
+
 @pytest.fixture(scope="module")
 def meta():
   return Tokenizer(META_MODEL)
@@ -63,6 +71,18 @@ def test_special_ids(any_tokenizer):
   assert (any_tokenizer.bos_id, any_tokenizer.eos_id) == (1, 2)
   ids = any_tokenizer.encode("the river", bos=True, eos=True)
   assert ids[0] == 1 and ids[-1] == 2 and 0 not in ids
+
+
+def test_encode_batch_is_encode_of_each(any_tokenizer):
+  texts = varied_texts()
+  assert "" in texts and max(map(len, texts)) > 10_000
+  for bos, eos in [(False, False), (True, False), (False, True), (True, True)]:
+    expected = [any_tokenizer.encode(text, bos=bos, eos=eos) for text in texts]
+    assert any_tokenizer.encode_batch(texts, bos=bos, eos=eos) == expected
+  for num_threads in (1, 3):
+    assert any_tokenizer.encode_batch(tuple(texts), num_threads=num_threads) == [
+        any_tokenizer.encode(text) for text in texts]
+  assert any_tokenizer.encode_batch([]) == []
 
 
 def test_vocab_sizes(meta, small):

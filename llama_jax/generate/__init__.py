@@ -301,7 +301,7 @@ class Generator:
                progress: bool = False) -> list[list[str]]:
     """`settings.num_samples` completions (text after the prompt, cut before a stop sequence)
     of each prompt, encoded with BOS."""
-    encoded = [self.tokenizer.encode(prompt, bos=True) for prompt in prompts]
+    encoded = self.tokenizer.encode_batch(prompts, bos=True)
     completions = self.generate_tokens(encoded, settings, seed, progress)
     return [[c.text for c in per_prompt] for per_prompt in completions]
 
