@@ -162,3 +162,23 @@ def parse_flags(argv: list[str], flag_name: str = "config") -> list[str]:
     message = str(error)
   print(f"error: {message}\nRun with --helpshort for the flags.", file=sys.stderr)
   sys.exit(2)
+
+
+def enable_compilation_cache() -> str | None:
+  """Turns on JAX's persistent compilation cache for a command of ours, so that a second run skips
+  the compiles of the first: in $JAX_COMPILATION_CACHE_DIR where set (JAX reads it itself; empty
+  turns the cache off), else in ~/.cache/llama_jax/jax. Safe to share between runs and programs:
+  an entry's key covers the program, the compiler options, the devices and the jax version.
+  Returns the directory, or None when off."""
+  import os
+
+  import jax
+
+  directory = os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                             str(Path.home() / ".cache" / "llama_jax" / "jax"))
+  if not directory:
+    return None
+  jax.config.update("jax_compilation_cache_dir", directory)
+  # Small CPU programs compile in well under JAX's default threshold of one second.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  return directory

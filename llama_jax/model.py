@@ -266,12 +266,18 @@ class Llama(nnx.Module):
     table = constrain(self.embedding[...].astype(self.config.dtype), ("vocab", None))
     return constrain(vocab_parallel_lookup(table, tokens), RESIDUAL)
 
-  def _logits(self, x: jax.Array) -> jax.Array:
+  def logits(self, x: jax.Array) -> jax.Array:
+    """The final norm and output layer on residual-stream states x [batch, seq, dim]."""
     logits = jnp.einsum("btd,dv->btv", self.norm(x), self.output[...].astype(x.dtype),
                         preferred_element_type=jnp.float32)
     return constrain(logits, LOGITS)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
+    return self.logits(self.hidden(tokens))
+
+  def hidden(self, tokens: jax.Array) -> jax.Array:
+    """The residual stream after the last layer, before the final norm: what `logits` takes, for
+    callers that need the logits of a few positions only (evaluation scores continuations)."""
     config = self.config
     x = self._embed(tokens)
     if tokens.shape[1] > config.context_length:
@@ -284,7 +290,7 @@ class Llama(nnx.Module):
       return constrain(nnx.merge(block_def, state)(x, cos, sin), RESIDUAL), None
 
     x, _ = jax.lax.scan(_remat(layer, config.remat), x, block_state)
-    return self._logits(x)
+    return x
 
   def decode(self, tokens: jax.Array, cache: KVCache, index: jax.Array,
              padding: jax.Array) -> tuple[jax.Array, KVCache]:
@@ -315,7 +321,7 @@ class Llama(nnx.Module):
 
     (x, cache), _ = jax.lax.scan(layer, (x, cache),
                                  (block_state, jnp.arange(config.n_layers)))
-    return self._logits(x[:, -1:])[:, 0], cache
+    return self.logits(x[:, -1:])[:, 0], cache
 
 
 class KVCache(NamedTuple):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from llama_jax import distributed
 from llama_jax import metrics as metrics_lib
 from llama_jax.checkpoint import Checkpoints, check_storage
-from llama_jax.config import parse_flags
+from llama_jax.config import enable_compilation_cache, parse_flags
 from llama_jax.data import iterator_from_config
 from llama_jax.eval.periodic import PeriodicEvaluation
 from llama_jax.model import Llama, ModelConfig, abstract_model
@@ -394,6 +394,7 @@ def main(argv: list[str]) -> None:
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if config is None or workdir is None:
     raise app.UsageError("--config=FILE and --workdir=DIR are required")
+  enable_compilation_cache()
   try:
     distributed.initialize_from_flags()
     trainer = Trainer(config, workdir)

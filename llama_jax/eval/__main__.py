@@ -16,6 +16,7 @@ import jax
 from absl import app, flags
 
 from llama_jax import distributed
+from llama_jax.config import enable_compilation_cache
 from llama_jax.convert import define_model_flags
 from llama_jax.eval.generative import (
     CODE_TIMEOUT_S,
@@ -59,6 +60,7 @@ _LOG_SAMPLES = flags.DEFINE_bool("log_samples", False, "also write every item's 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  enable_compilation_cache()
   try:
     tasks = resolve_tasks(_TASKS.value)
     distributed.initialize_from_flags()
@@ -104,7 +106,7 @@ def main(argv: list[str]) -> None:
       "prompts": "lm-evaluation-harness 0.4.13 task templates", "jax": jax.__version__,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-      "seconds_per_task": seconds, "compiled_lengths": sorted(scorer.compiled_lengths),
+      "seconds_per_task": seconds, "compiled_shapes": sorted(scorer.compiled_shapes),
       "truncated_prompts": generator.truncated_prompts,
   }
   output = Path(_OUTPUT.value)

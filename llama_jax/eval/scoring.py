@@ -11,9 +11,14 @@
     argmax (greedy).
 
 Rows are sorted by length and padded (right, so causal attention never sees the padding) to the
-smallest of a few lengths (powers of two up to the model's context), with a fixed number of rows:
-the scoring function compiles once per length used, not once per example. Rows are split over the
-mesh's batch axes (data, fsdp) and the model over `tensor` by llama_jax.sharding's rules.
+smallest of a few lengths (32, 48, 64, 96, 128, ... up to the model's context), with a fixed
+number of rows, and go through the layers. Only the scored positions (every row's continuation,
+gathered into one flat list padded to a multiple of 4 x rows) go through the output layer and the
+reductions over the vocabulary, which for small models cost more than the layers: the target's
+logit is gathered, the normaliser is a logsumexp, and a target is greedy where its logit is the
+largest. So the layers compile once per padded length, the output layer once per number of
+scored positions, not once per example. Rows are split over the mesh's batch axes (data, fsdp)
+and the model over `tensor` by llama_jax.sharding's rules.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from llama_jax.convert import LoadedModel, load_model
 from llama_jax.eval.tasks import Request
@@ -38,12 +42,21 @@ MIN_BUCKET = 32
 
 
 def bucket_lengths(context_length: int) -> list[int]:
-  """The padded lengths rows are scored at: powers of two from 32, and the context length."""
+  """The padded lengths rows are scored (and prompts generated) at: powers of two from 32 and
+  1.5 times each (32, 48, 64, 96, ...: at most a third of a row is padding), and the context
+  length."""
   lengths, length = [], MIN_BUCKET
   while length < context_length:
-    lengths.append(length)
+    lengths += [n for n in (length, length * 3 // 2) if n < context_length]
     length *= 2
   return lengths + [context_length]
+
+
+def scored_positions(rows: int, count: int) -> int:
+  """How many positions a batch of `rows` scores when its continuations hold `count` tokens:
+  `count` rounded up to a multiple of 4 x rows (few compiled shapes; rows split evenly)."""
+  granule = 4 * rows
+  return -(-count // granule) * granule
 
 
 def encode_pair(tokenizer: Tokenizer, context: str,
@@ -59,17 +72,26 @@ def encode_pair(tokenizer: Tokenizer, context: str,
   return context_tokens, whole[len(context_tokens):]
 
 
-def _score_rows(graphdef: nnx.GraphDef, params: nnx.State, inputs: jax.Array, targets: jax.Array,
-                scored: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Summed log-probability of the `scored` targets per row, and whether each is the argmax."""
-  logits = nnx.merge(graphdef, params)(inputs)  # float32
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  # One-hot pick (as train.cross_entropy): with the vocabulary split over `tensor`, only
-  # [rows, length] partial sums cross devices.
-  is_target = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.bool_)
-  target_log_probs = jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
-  greedy = jnp.all(jnp.where(scored, jnp.argmax(logits, axis=-1) == targets, True), axis=-1)
-  return jnp.sum(jnp.where(scored, target_log_probs, 0.0), axis=-1), greedy
+def _hidden(graphdef: nnx.GraphDef, params: nnx.State, inputs: jax.Array) -> jax.Array:
+  return nnx.merge(graphdef, params).hidden(inputs)
+
+
+def _gather(hidden: jax.Array, positions: jax.Array) -> jax.Array:
+  """The residual stream at flat `positions` (row * length + column): [positions, dim]."""
+  return hidden.reshape(-1, hidden.shape[-1])[positions]
+
+
+def _score_hidden(graphdef: nnx.GraphDef, rows: int, params: nnx.State, hidden: jax.Array,
+                  targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The log-probability of each target after the residual stream `hidden` [positions, dim], and
+  whether its logit is the largest (the harness's argmax, but for exact ties)."""
+  model = nnx.merge(graphdef, params)
+  # As [rows, positions / rows, vocab], so that the batch axes split the logits as usual.
+  logits = model.logits(hidden.reshape(rows, -1, hidden.shape[-1])).reshape(len(targets), -1)
+  target_logits = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+  largest = jnp.max(logits, axis=-1)
+  normaliser = largest + jnp.log(jnp.sum(jnp.exp(logits - largest[:, None]), axis=-1))
+  return target_logits - normaliser, target_logits == largest
 
 
 @dataclasses.dataclass
@@ -88,20 +110,23 @@ class Scorer:
     ways = batch_ways(mesh)
     self.batch_size = -(-self.batch_size // ways) * ways
     self.graphdef = nnx.graphdef(abstract_model(self.model_config))
-    rows = self.mesh_rules.sharding(TOKENS)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    score = jax.jit(_score_rows, static_argnums=0, in_shardings=(
-        jax.tree.map(lambda x: x.sharding, self.params), rows, rows, rows),
-        out_shardings=(replicated, replicated))
+    rows, per_row = self.mesh_rules.sharding(TOKENS), self.mesh_rules.sharding(("batch",))
+    flat = self.mesh_rules.sharding(("batch", None))
+    params = jax.tree.map(lambda x: x.sharding, self.params)
+    hidden = jax.jit(_hidden, static_argnums=0, in_shardings=(params, rows))
+    gather = jax.jit(_gather, in_shardings=(None, per_row), out_shardings=flat)
+    score = jax.jit(_score_hidden, static_argnums=(0, 1), in_shardings=(params, flat, per_row),
+                    out_shardings=(per_row, per_row))
 
-    def traced(*args):
+    def traced(inputs, positions, targets):
       with activation_sharding(self.mesh_rules):
-        return score(self.graphdef, *args)
+        return score(self.graphdef, self.batch_size, self.params,
+                     gather(hidden(self.graphdef, self.params, inputs), positions), targets)
 
-    self._jitted = score  # its compilation cache counts the shapes compiled
+    self._jitted = (hidden, gather, score)  # their compilation caches count the shapes compiled
     self._score = traced
-    self._row_sharding = rows
-    self.compiled_lengths: set[int] = set()  # the padded lengths used so far
+    self._shardings = (rows, per_row, per_row)  # inputs, positions, targets
+    self.compiled_shapes: set[tuple[int, int]] = set()  # (length, scored positions) used so far
 
   @classmethod
   def from_loaded(cls, loaded: LoadedModel, batch_size: int = 16) -> Scorer:
@@ -124,25 +149,36 @@ class Scorer:
                          f"model of context {max_length} (1 to {max_length} tokens)")
       tokens = (list(context) + list(continuation))[-(max_length + 1):]
       windows.append((tokens[:-1], tokens[1:], len(continuation)))
-    order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
     buckets = bucket_lengths(max_length)
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i][0]), reverse=True)
     results: list[tuple[float, bool] | None] = [None] * len(windows)
     for start in range(0, len(order), self.batch_size):
       chunk = order[start:start + self.batch_size]
       length = next(b for b in buckets if b >= len(windows[chunk[0]][0]))
+      scored = scored_positions(self.batch_size, sum(windows[i][2] for i in chunk))
       inputs = np.zeros((self.batch_size, length), np.int32)
-      targets = np.zeros((self.batch_size, length), np.int32)
-      scored = np.zeros((self.batch_size, length), np.bool_)
+      positions = np.zeros((scored,), np.int32)
+      targets = np.zeros((scored,), np.int32)
+      owners = np.full((scored,), -1, np.int32)
+      filled = 0
       for row, i in enumerate(chunk):
         inp, tgt, n_scored = windows[i]
         inputs[row, :len(inp)] = inp
-        targets[row, :len(tgt)] = tgt
-        scored[row, len(tgt) - n_scored:len(tgt)] = True
-      self.compiled_lengths.add(length)
-      lls, greedy = jax.device_get(self._score(self.params, *(
-          host_rows(rows, self._row_sharding) for rows in (inputs, targets, scored))))
+        span = slice(filled, filled + n_scored)
+        positions[span] = row * length + np.arange(len(tgt) - n_scored, len(tgt))
+        targets[span] = tgt[len(tgt) - n_scored:]
+        owners[span] = row
+        filled += n_scored
+      self.compiled_shapes.add((length, scored))
+      log_probs, greedy = jax.device_get(self._score(*(
+          host_rows(array, sharding) for array, sharding in zip(
+              (inputs, positions, targets), self._shardings, strict=True))))
+      # Summed here in float64 and in order: the same totals on any mesh or thread count.
+      real = owners >= 0
+      totals = np.bincount(owners[real], log_probs[real].astype(np.float64), len(chunk))
+      misses = np.bincount(owners[real], ~greedy[real], len(chunk))
       for row, i in enumerate(chunk):
-        results[i] = (float(lls[row]), bool(greedy[row]))
+        results[i] = (float(totals[row]), bool(misses[row] == 0))
         if on_done:
           on_done(i)
     return results

@@ -11,6 +11,7 @@ import jax
 from absl import app, flags
 
 from llama_jax import distributed
+from llama_jax.config import enable_compilation_cache
 from llama_jax.convert import define_model_flags
 from llama_jax.generate import GenerationSettings, Generator
 
@@ -54,6 +55,7 @@ def _read_prompts(path: Path) -> list[str]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  enable_compilation_cache()
   try:
     prompts = list(_PROMPT.value)
     if _PROMPTS_FILE.value:
