@@ -176,10 +176,16 @@ class Attention(nnx.Module):
     v = _linear(x, self.wv, "btd,dhk->bthk", "value", PER_HEAD)
     return q, k, v
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    attend = functools.partial(dot_product_attention, causal=True,
-                               implementation=self.implementation)
-    out = shard_locally(attend, (PER_HEAD,) * 3, PER_HEAD)(*self._project(x, cos, sin))
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+               visible: jax.Array | None = None) -> jax.Array:
+    """Causal attention, or where `visible` [batch, 1, q, k] is given, attention over the keys it
+    allows (plain JAX: evaluation's shared contexts)."""
+    if visible is None:
+      attend = functools.partial(dot_product_attention, causal=True,
+                                 implementation=self.implementation)
+      out = shard_locally(attend, (PER_HEAD,) * 3, PER_HEAD)(*self._project(x, cos, sin))
+    else:
+      out = masked_attention(*self._project(x, cos, sin), visible)
     return _linear(out, self.wo, "bthk,hkd->btd", "attention_out", RESIDUAL)
 
   def decode(self, x: jax.Array, cos: jax.Array, sin: jax.Array, cache: KVCache, layer: jax.Array,
@@ -219,8 +225,9 @@ class Block(nnx.Module):
     self.ffn_norm = RMSNorm(config, rngs=rngs)
     self.feed_forward = FeedForward(config, rngs=rngs)
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    x = x + self.attention(self.attention_norm(x), cos, sin)
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+               visible: jax.Array | None = None) -> jax.Array:
+    x = x + self.attention(self.attention_norm(x), cos, sin, visible)
     return x + self.feed_forward(self.ffn_norm(x))
 
   def decode(self, x: jax.Array, cos: jax.Array, sin: jax.Array, cache: KVCache, layer: jax.Array,
@@ -275,19 +282,34 @@ class Llama(nnx.Module):
   def __call__(self, tokens: jax.Array) -> jax.Array:
     return self.logits(self.hidden(tokens))
 
-  def hidden(self, tokens: jax.Array) -> jax.Array:
+  def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
+             segments: jax.Array | None = None) -> jax.Array:
     """The residual stream after the last layer, before the final norm: what `logits` takes, for
-    callers that need the logits of a few positions only (evaluation scores continuations)."""
+    callers that need the logits of a few positions only (evaluation scores continuations).
+
+    Evaluation's shared contexts: with `segments` [batch, seq], a token of segment s > 0 sees the
+    earlier tokens of segment 0 (a context) and of its own segment, so several continuations of
+    one context share a row and the context is computed once; `positions` [batch, seq] are then
+    each token's position in its own context + continuation (for RoPE). Default: 0, 1, 2, ...
+    and plain causal attention.
+    """
     config = self.config
     x = self._embed(tokens)
     if tokens.shape[1] > config.context_length:
       raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.context_length "
                        f"{config.context_length}")
-    cos, sin = rope_angles(jnp.arange(tokens.shape[1])[None], config.head_dim, config.rope_theta)
+    if positions is None:
+      positions = jnp.arange(tokens.shape[1])[None]
+    cos, sin = rope_angles(positions, config.head_dim, config.rope_theta)
+    visible = None
+    if segments is not None:
+      keys = jnp.arange(tokens.shape[1])
+      seen = (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None])
+      visible = (seen & (keys[None, :] <= keys[:, None])[None])[:, None]
     block_def, block_state = nnx.split(self.layers)
 
     def layer(x, state):
-      return constrain(nnx.merge(block_def, state)(x, cos, sin), RESIDUAL), None
+      return constrain(nnx.merge(block_def, state)(x, cos, sin, visible), RESIDUAL), None
 
     x, _ = jax.lax.scan(_remat(layer, config.remat), x, block_state)
     return x

@@ -14,7 +14,7 @@ from benchmarks.data_loader import write_source
 from benchmarks.soak import SMALL_TINY
 from llama_jax.eval.generative import evaluate_generative
 from llama_jax.eval.harness import evaluate_task
-from llama_jax.eval.scoring import bucket_lengths, load_scorer
+from llama_jax.eval.scoring import bucket_lengths, load_scorer, pack_rows
 from llama_jax.eval.tasks import TASKS
 from llama_jax.generate import load_generator
 from llama_jax.metrics import read_metrics
@@ -61,6 +61,29 @@ def test_rows_are_padded_into_a_few_shapes(hf_llama_dir, piqa_requests):
   assert score._cache_size() - cached[1] <= len(scored)
   assert bucket_lengths(256) == [32, 48, 64, 96, 128, 192, 256]
   assert bucket_lengths(100) == [32, 48, 64, 96, 100]
+
+
+def test_continuations_of_one_context_share_a_row_and_score_as_alone(hf_llama_dir):
+  scorer = _scorer(hf_llama_dir)
+  context = scorer.tokenizer.encode("Question: which tool cuts wood?\nAnswer:", bos=True)
+  options = [" a saw", " a spoon that is made of soft plastic", " glue"]
+  pairs = [(context, scorer.tokenizer.encode(option)) for option in options]
+  lengths = [len(continuation) for _, continuation in pairs]
+  (row,) = pack_rows(pairs, 256)  # one row: the context once, then each option
+  assert len(row.tokens) == len(context) + sum(lengths) - 1
+  assert row.segments[:len(context)] == [0] * len(context)
+  assert row.positions[len(context) + lengths[0]] == len(context)  # option 2 starts afresh
+  # Shared, the options score as each does alone (in a row of its own).
+  together = scorer.loglikelihood_tokens(pairs)
+  alone = [scorer.loglikelihood_tokens([pair])[0] for pair in pairs]
+  np.testing.assert_allclose([ll for ll, _ in together], [ll for ll, _ in alone], rtol=0,
+                             atol=1e-5)
+  assert [greedy for _, greedy in together] == [greedy for _, greedy in alone]
+  # Rows hold at most max_length tokens: here two options, then the third alone.
+  assert [len(r.scored) for r in pack_rows(pairs, len(context) + lengths[0] + lengths[1] - 1)] \
+      == [2, 1]
+  with pytest.raises(ValueError, match="empty context"):
+    pack_rows([([], [5])], 256)
 
 
 def test_identical_requests_are_scored_once(hf_llama_dir, piqa_requests, monkeypatch):

@@ -10,9 +10,13 @@
     scored at the last positions: their summed log-probability, and whether every one is the
     argmax (greedy).
 
-Rows are sorted by length and padded (right, so causal attention never sees the padding) to the
-smallest of a few lengths (32, 48, 64, 96, 128, ... up to the model's context), with a fixed
-number of rows, and go through the layers. Only the scored positions (every row's continuation,
+Continuations of one context share a row: the context's tokens once, then each continuation,
+which sees the context and itself but not the others (`Llama.hidden`'s segments), at the
+positions it would have alone; multiple-choice items score 2 to 5 continuations of a context, and
+few-shot contexts are long. A pair cut on the left to fit the model's context gets a row of its
+own. Rows are sorted by length and padded (right, so causal attention never sees the padding) to
+the smallest of a few lengths (32, 48, 64, 96, 128, ... up to the model's context), with a fixed
+number of rows, and go through the layers. Only the scored positions (every continuation's,
 gathered into one flat list padded to a multiple of 4 x rows) go through the output layer and the
 reductions over the vocabulary, which for small models cost more than the layers: the target's
 logit is gathered, the normaliser is a logsumexp, and a target is greedy where its logit is the
@@ -72,8 +76,63 @@ def encode_pair(tokenizer: Tokenizer, context: str,
   return context_tokens, whole[len(context_tokens):]
 
 
-def _hidden(graphdef: nnx.GraphDef, params: nnx.State, inputs: jax.Array) -> jax.Array:
-  return nnx.merge(graphdef, params).hidden(inputs)
+@dataclasses.dataclass
+class _Row:
+  """One row of the model's input: a context, then continuations of it, each scored."""
+
+  tokens: list[int]
+  positions: list[int]  # each token's position in its own context + continuation
+  segments: list[int]  # 0: the context; i: the i-th continuation
+  scored: list[tuple[int, list[int], Sequence[int]]]  # (pair, predicting columns, targets)
+
+
+def _row(context: Sequence[int], continuations: Sequence[tuple[int, Sequence[int]]]) -> _Row:
+  """A row of `context` and the (pair, tokens) `continuations` after it, each seeing the context
+  and itself. The last token predicts nothing and is left out."""
+  row = _Row(list(context), list(range(len(context))), [0] * len(context), [])
+  for segment, (pair, continuation) in enumerate(continuations, 1):
+    start = len(row.tokens)
+    predicting = [len(context) - 1, *range(start, start + len(continuation) - 1)]
+    row.scored.append((pair, predicting, continuation))
+    row.tokens += continuation
+    row.positions += range(len(context), len(context) + len(continuation))
+    row.segments += [segment] * len(continuation)
+  del row.tokens[-1], row.positions[-1], row.segments[-1]
+  return row
+
+
+def pack_rows(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int) -> list[_Row]:
+  """The rows that score `pairs` (context tokens, continuation tokens) as lm-evaluation-harness
+  does, continuations of the same context sharing rows of at most `max_length` tokens."""
+  rows, by_context = [], {}
+  for pair, (context, continuation) in enumerate(pairs):
+    if not 0 < len(continuation) <= max_length:
+      raise ValueError(f"a continuation of {len(continuation)} tokens cannot be scored by a "
+                       f"model of context {max_length} (1 to {max_length} tokens)")
+    if not context:
+      raise ValueError("an empty context: the first token needs one to be predicted from (BOS)")
+    if len(context) + len(continuation) - 1 > max_length:
+      # The harness's cut: the model reads (context + continuation)[-(max_length + 1):][:-1].
+      tokens = (list(context) + list(continuation))[-(max_length + 1):]
+      rows.append(_row(tokens[:-len(continuation)], [(pair, continuation)]))
+    else:
+      by_context.setdefault(tuple(context), []).append(pair)
+  for context, members in by_context.items():
+    shared, length = [], len(context)
+    for pair in members:
+      continuation = pairs[pair][1]
+      if shared and length + len(continuation) - 1 > max_length:
+        rows.append(_row(context, shared))
+        shared, length = [], len(context)
+      shared.append((pair, continuation))
+      length += len(continuation)
+    rows.append(_row(context, shared))
+  return rows
+
+
+def _hidden(graphdef: nnx.GraphDef, params: nnx.State, inputs: jax.Array, positions: jax.Array,
+            segments: jax.Array) -> jax.Array:
+  return nnx.merge(graphdef, params).hidden(inputs, positions, segments)
 
 
 def _gather(hidden: jax.Array, positions: jax.Array) -> jax.Array:
@@ -113,19 +172,21 @@ class Scorer:
     rows, per_row = self.mesh_rules.sharding(TOKENS), self.mesh_rules.sharding(("batch",))
     flat = self.mesh_rules.sharding(("batch", None))
     params = jax.tree.map(lambda x: x.sharding, self.params)
-    hidden = jax.jit(_hidden, static_argnums=0, in_shardings=(params, rows))
+    hidden = jax.jit(_hidden, static_argnums=0, in_shardings=(params, rows, rows, rows))
     gather = jax.jit(_gather, in_shardings=(None, per_row), out_shardings=flat)
     score = jax.jit(_score_hidden, static_argnums=(0, 1), in_shardings=(params, flat, per_row),
                     out_shardings=(per_row, per_row))
 
-    def traced(inputs, positions, targets):
+    def traced(inputs, positions, segments, flat_positions, targets):
       with activation_sharding(self.mesh_rules):
+        states = hidden(self.graphdef, self.params, inputs, positions, segments)
         return score(self.graphdef, self.batch_size, self.params,
-                     gather(hidden(self.graphdef, self.params, inputs), positions), targets)
+                     gather(states, flat_positions), targets)
 
     self._jitted = (hidden, gather, score)  # their compilation caches count the shapes compiled
     self._score = traced
-    self._shardings = (rows, per_row, per_row)  # inputs, positions, targets
+    # inputs, positions, segments, the flat positions scored, their targets
+    self._shardings = (rows, rows, rows, per_row, per_row)
     self.compiled_shapes: set[tuple[int, int]] = set()  # (length, scored positions) used so far
 
   @classmethod
@@ -141,47 +202,45 @@ class Scorer:
       self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
       on_done: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
     """(log P(continuation | context), greedy) for token pairs; `on_done(i)` after pair i."""
-    max_length = self.max_length
-    windows = []
-    for context, continuation in pairs:
-      if not 0 < len(continuation) <= max_length:
-        raise ValueError(f"a continuation of {len(continuation)} tokens cannot be scored by a "
-                         f"model of context {max_length} (1 to {max_length} tokens)")
-      tokens = (list(context) + list(continuation))[-(max_length + 1):]
-      windows.append((tokens[:-1], tokens[1:], len(continuation)))
-    buckets = bucket_lengths(max_length)
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i][0]), reverse=True)
-    results: list[tuple[float, bool] | None] = [None] * len(windows)
-    for start in range(0, len(order), self.batch_size):
-      chunk = order[start:start + self.batch_size]
-      length = next(b for b in buckets if b >= len(windows[chunk[0]][0]))
-      scored = scored_positions(self.batch_size, sum(windows[i][2] for i in chunk))
+    rows = pack_rows(pairs, self.max_length)
+    buckets = bucket_lengths(self.max_length)
+    rows.sort(key=lambda row: len(row.tokens), reverse=True)
+    totals, misses = np.zeros(len(pairs), np.float64), np.zeros(len(pairs), np.int64)
+    for start in range(0, len(rows), self.batch_size):
+      chunk = rows[start:start + self.batch_size]
+      length = next(b for b in buckets if b >= len(chunk[0].tokens))
+      scored = scored_positions(
+          self.batch_size, sum(len(targets) for row in chunk for _, _, targets in row.scored))
       inputs = np.zeros((self.batch_size, length), np.int32)
-      positions = np.zeros((scored,), np.int32)
+      positions = np.zeros((self.batch_size, length), np.int32)
+      segments = np.full((self.batch_size, length), -1, np.int32)  # padding: a segment apart
+      flat_positions = np.zeros((scored,), np.int32)
       targets = np.zeros((scored,), np.int32)
-      owners = np.full((scored,), -1, np.int32)
+      owners = np.full((scored,), -1, np.int64)
       filled = 0
-      for row, i in enumerate(chunk):
-        inp, tgt, n_scored = windows[i]
-        inputs[row, :len(inp)] = inp
-        span = slice(filled, filled + n_scored)
-        positions[span] = row * length + np.arange(len(tgt) - n_scored, len(tgt))
-        targets[span] = tgt[len(tgt) - n_scored:]
-        owners[span] = row
-        filled += n_scored
+      for r, row in enumerate(chunk):
+        columns = slice(0, len(row.tokens))
+        inputs[r, columns], positions[r, columns], segments[r, columns] = (
+            row.tokens, row.positions, row.segments)
+        for pair, predicting, pair_targets in row.scored:
+          span = slice(filled, filled + len(pair_targets))
+          flat_positions[span] = r * length + np.asarray(predicting)
+          targets[span], owners[span] = pair_targets, pair
+          filled += len(pair_targets)
       self.compiled_shapes.add((length, scored))
       log_probs, greedy = jax.device_get(self._score(*(
           host_rows(array, sharding) for array, sharding in zip(
-              (inputs, positions, targets), self._shardings, strict=True))))
+              (inputs, positions, segments, flat_positions, targets), self._shardings,
+              strict=True))))
       # Summed here in float64 and in order: the same totals on any mesh or thread count.
       real = owners >= 0
-      totals = np.bincount(owners[real], log_probs[real].astype(np.float64), len(chunk))
-      misses = np.bincount(owners[real], ~greedy[real], len(chunk))
-      for row, i in enumerate(chunk):
-        results[i] = (float(totals[row]), bool(misses[row] == 0))
-        if on_done:
-          on_done(i)
-    return results
+      np.add.at(totals, owners[real], log_probs[real].astype(np.float64))
+      np.add.at(misses, owners[real], ~greedy[real])
+      if on_done:
+        for row in chunk:
+          for pair, _, _ in row.scored:
+            on_done(pair)
+    return [(float(total), bool(missed == 0)) for total, missed in zip(totals, misses, strict=True)]
 
   def loglikelihood(self, requests: Sequence[Request],
                     on_done: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
