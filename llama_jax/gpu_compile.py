@@ -108,9 +108,17 @@ def gpu_devices(gpu: str, count: int = 1, gpus_per_node: int = 8) -> tuple[jax.D
   return tuple(topology.devices)
 
 
-def compile_and_dump(lowered: jax.stages.Lowered, dump_dir: str | Path) -> jax.stages.Compiled:
-  """lowered.compile(), with XLA's dump (HLO, PTX, thunk sequence) written to `dump_dir`."""
-  return lowered.compile({"xla_dump_to": str(dump_dir)})
+def compile_and_dump(lowered: jax.stages.Lowered, dump_dir: str | Path,
+                     **xla_options: str) -> jax.stages.Compiled:
+  """lowered.compile(), with XLA's dump (HLO, PTX, thunk sequence) written to `dump_dir`, and any
+  other XLA debug options given. Compiled afresh: an executable from JAX's persistent
+  compilation cache (which ignores dump options in its key) would come with no dump."""
+  cache_was_on = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    return lowered.compile({"xla_dump_to": str(dump_dir), **xla_options})
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cache_was_on)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from llama_jax.sharding import (
     RESIDUAL,
     constrain,
     shard_locally,
+    target_device,
     vocab_parallel_lookup,
 )
 
@@ -114,10 +115,36 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], config
                    out_sharding=axes, eager_sharding=False)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _cpu_einsum(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """jnp.einsum(equation, x, w) whose gradient by w is contracted straight into w's axis order.
+
+  Autodiff computes it transposed and transposes back; XLA's CPU backend folds that into a copy
+  of the [tokens, features] gradient transposed and a matmul of two transposed operands, 4 to 5x
+  slower than this one (benchmarks/train_cpu.py).
+  """
+  return jnp.einsum(equation, x, w)
+
+
+def _cpu_einsum_fwd(equation: str, x: jax.Array, w: jax.Array):
+  return jnp.einsum(equation, x, w), (x, w)
+
+
+def _cpu_einsum_bwd(equation: str, residuals: tuple[jax.Array, jax.Array], grad: jax.Array):
+  x, w = residuals
+  operands, out = equation.split("->")
+  lhs, rhs = operands.split(",")
+  return jnp.einsum(f"{out},{rhs}->{lhs}", grad, w), jnp.einsum(f"{lhs},{out}->{rhs}", x, grad)
+
+
+_cpu_einsum.defvjp(_cpu_einsum_fwd, _cpu_einsum_bwd)
+
+
 def _linear(x: jax.Array, kernel: nnx.Param, equation: str, name: str,
             logical_axes: tuple[str, ...]) -> jax.Array:
+  einsum = _cpu_einsum if target_device().platform == "cpu" else jnp.einsum
   # The constraint on each output is what makes a projection column- or row-parallel.
-  y = constrain(jnp.einsum(equation, x, kernel[...].astype(x.dtype)), logical_axes)
+  y = constrain(einsum(equation, x, kernel[...].astype(x.dtype)), logical_axes)
   return checkpoint_name(y, name)
 
 

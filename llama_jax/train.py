@@ -43,6 +43,7 @@ from llama_jax.sharding import (
     logical_rules,
     make_mesh,
     param_shardings,
+    target_device,
     with_shardings,
 )
 
@@ -69,9 +70,71 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return jnp.mean(log_normalizer - target_logit)
 
 
+# Rows (sequences x positions) of one chunk of output_cross_entropy: enough for fast matmuls.
+OUTPUT_LOSS_CHUNK_ROWS = 512
+
+
+def _chunked_output_loss(x: jax.Array, w: jax.Array, targets: jax.Array, grads: bool):
+  """output_cross_entropy over chunks of positions; with `grads`, also its gradients by x and w."""
+  batch, seq, _ = x.shape
+  # Positions per chunk: the most that divide seq within OUTPUT_LOSS_CHUNK_ROWS rows.
+  length = max(n for n in range(1, min(seq, max(1, OUTPUT_LOSS_CHUNK_ROWS // batch)) + 1)
+               if seq % n == 0)
+
+  def chunks(a):  # [batch, seq, ...] -> [seq / length, batch, length, ...]
+    return a.reshape(batch, seq // length, length, *a.shape[2:]).swapaxes(0, 1)
+
+  def chunk_loss(w_grad, chunk):
+    x, targets = chunk
+    logits = jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+    if not grads:
+      return w_grad, cross_entropy(logits, targets)
+    # float32 logits_grad, as autodiff keeps it: the two matmuls promote x and w to it.
+    loss, logits_grad = jax.value_and_grad(cross_entropy)(logits, targets)
+    w_grad += jnp.einsum("btd,btv->dv", x, logits_grad)
+    return w_grad, (loss, jnp.einsum("btv,dv->btd", logits_grad, w))
+
+  # Every chunk has as many tokens: the mean of the chunks' means is the batch's.
+  w_grad, out = jax.lax.scan(chunk_loss, jnp.zeros(w.shape, jnp.float32) if grads else None,
+                             (chunks(x), chunks(targets)))
+  if not grads:
+    return jnp.mean(out)
+  losses, x_grads = out
+  n = losses.shape[0]
+  x_grad = x_grads.swapaxes(0, 1).reshape(x.shape) / n
+  return jnp.mean(losses), (x_grad.astype(x.dtype), (w_grad / n).astype(w.dtype))
+
+
+@jax.custom_vjp
+def output_cross_entropy(x: jax.Array, w: jax.Array, targets: jax.Array) -> jax.Array:
+  """cross_entropy of the logits x @ w (x [batch, seq, dim], w [dim, vocab]) for the CPU.
+
+  XLA's CPU backend runs the plain loss as separate passes over [batch, seq, vocab] arrays (the
+  logits, their exponentials, the where-selected targets, the gradient twice, once transposed for
+  a slow matmul): 4/5 of configs/tiny.py's step at its 32000-token vocabulary. Here the logits are
+  made a chunk of positions at a time, and the chunk's gradients by x and w with them, in the
+  forward pass (the backward scales them), so nothing of the vocabulary's size outlives a chunk.
+  """
+  return _chunked_output_loss(x, w, targets, grads=False)
+
+
+def _output_cross_entropy_fwd(x, w, targets):
+  return _chunked_output_loss(x, w, targets, grads=True)
+
+
+def _output_cross_entropy_bwd(grads, loss_grad):
+  return tuple((loss_grad * g).astype(g.dtype) for g in grads) + (None,)
+
+
+output_cross_entropy.defvjp(_output_cross_entropy_fwd, _output_cross_entropy_bwd)
+
+
 def loss_fn(params: nnx.State, graphdef: nnx.GraphDef, batch: Batch) -> jax.Array:
   model = nnx.merge(graphdef, params)
-  return cross_entropy(model(batch["inputs"]), batch["targets"])
+  if target_device().platform != "cpu":
+    return cross_entropy(model(batch["inputs"]), batch["targets"])
+  x = model.norm(model.hidden(batch["inputs"]))  # Llama.logits, fused with the loss
+  return output_cross_entropy(x, model.output[...].astype(x.dtype), batch["targets"])
 
 
 class ShardedTraining:

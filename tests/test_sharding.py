@@ -10,6 +10,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec
 
+from llama_jax.gpu_compile import compile_and_dump
 from llama_jax.model import ModelConfig
 from llama_jax.sharding import MeshRules, check_fits, logical_rules, make_mesh, mesh_shape
 from llama_jax.train import ShardedTraining
@@ -154,9 +155,8 @@ def _partitioned_step_hlo(shape, sequence_parallel, dump_dir: Path, config=HLO_C
   training = _training(shape, sequence_parallel, config)
   state = jax.eval_shape(training.init, jnp.int32(0))
   tokens = jax.ShapeDtypeStruct((4 * shape[1], config.context_length), jnp.int32)
-  training.step.lower(state, {"inputs": tokens, "targets": tokens}).compile(
-      compiler_options={"xla_dump_to": str(dump_dir),
-                        "xla_dump_hlo_pass_re": "control-dep-rewriter"})
+  compile_and_dump(training.step.lower(state, {"inputs": tokens, "targets": tokens}), dump_dir,
+                   xla_dump_hlo_pass_re="control-dep-rewriter")
   (path,) = dump_dir.glob("*jit__step*after_spmd-partitioning*.txt")
   return path.read_text()
 

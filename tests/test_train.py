@@ -4,6 +4,7 @@ import json
 import shutil
 import signal
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -13,11 +14,13 @@ import pytest
 
 from benchmarks.data_loader import write_source
 from benchmarks.soak import SMALL_TINY, SOURCES, VOCAB, config_flags, start_training
+from llama_jax import model as model_lib
+from llama_jax import train as train_lib
 from llama_jax.checkpoint import CHECKSUMS
 from llama_jax.metrics import read_metrics
 from llama_jax.model import ModelConfig
 from llama_jax.sharding import MeshRules, logical_rules, make_mesh
-from llama_jax.train import ShardedTraining, Trainer
+from llama_jax.train import ShardedTraining, Trainer, cross_entropy, output_cross_entropy
 
 OVERRIDES = {
     **SMALL_TINY, "train.total_tokens": 24 * 8 * 32.0, "optim.peak_lr": 1e-2,
@@ -111,6 +114,39 @@ def test_a_nonfinite_step_leaves_the_state_unchanged():
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state), before)
   state, metrics = training.step(state, _tokens())
   assert not bool(metrics["skipped"]) and int(state.step) == 1
+
+
+def test_the_cpu_output_loss_gives_the_plain_loss_and_gradients():
+  # 4 x 256 positions: two chunks of 128 positions (train.OUTPUT_LOSS_CHUNK_ROWS = 512 rows).
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (4, 256, 32))
+  w = 0.2 * jax.random.normal(keys[1], (32, 300))
+  targets = jax.random.randint(keys[2], (4, 256), 0, 300)
+
+  def plain(x, w):
+    return cross_entropy(jnp.einsum("btd,dv->btv", x, w), targets)
+
+  loss, grads = jax.jit(jax.value_and_grad(
+      lambda x, w: output_cross_entropy(x, w, targets), argnums=(0, 1)))(x, w)
+  ref_loss, ref_grads = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))(x, w)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(output_cross_entropy)(x, w, targets), ref_loss, rtol=1e-6)
+  for got, ref in zip(grads, ref_grads, strict=True):
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_the_cpu_loss_and_gradients_equal_the_other_backends(monkeypatch):
+  training = _step_training()
+  params, batch = training.init(jnp.int32(0)).params, _tokens()
+  loss, grads = training.jit_loss_and_grads()(params, batch)
+  # The formulation compiled for GPUs: the plain loss, autodiff's linear-layer gradients.
+  gpu = types.SimpleNamespace(platform="gpu")
+  monkeypatch.setattr(train_lib, "target_device", lambda: gpu)
+  monkeypatch.setattr(model_lib, "target_device", lambda: gpu)
+  ref_loss, ref_grads = training.jit_loss_and_grads()(params, batch)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads,
+               ref_grads)
 
 
 # --- the program ------------------------------------------------------------------------------
