@@ -52,8 +52,9 @@ def _jax_side(config, inputs, targets):
   import jax
   import jax.numpy as jnp
 
+  from llama_jax.config import total_steps
   from llama_jax.model import ModelConfig
-  from llama_jax.optim import learning_rate_schedule, make_optimizer, total_steps
+  from llama_jax.optim import learning_rate_schedule, make_optimizer
   from llama_jax.sharding import MeshRules, logical_rules, make_mesh
   from llama_jax.train import ShardedTraining
 

@@ -56,10 +56,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from llama_jax import gpu_compile
-from llama_jax.config import load_config_file
+from llama_jax.config import load_config_file, total_steps
 from llama_jax.metrics import flops_per_token, peak_flops_per_second
 from llama_jax.model import REMAT_POLICIES, ModelConfig
-from llama_jax.optim import make_optimizer, total_steps
+from llama_jax.optim import make_optimizer
 from llama_jax.sharding import MeshRules, batch_ways, check_fits, logical_rules, make_mesh
 from llama_jax.train import ShardedTraining
 

@@ -71,10 +71,23 @@ def base_config() -> config_dict.ConfigDict:
   # drops the document, warns and counts it (DataIterator.bad_records(), kept in checkpoints).
   # A shard that cannot be opened at all stops the run either way.
   config.data.on_bad_record = "stop"
+  # A source read from TensorFlow Datasets instead of data.dir/<source> (ours): set its `name`
+  # as TFDS spells it ("c4/en"); its `feature` text is tokenized on the fly with data.tokenizer.
+  # `version` None: the newest in data_dir; data_dir None: TFDS's default (~/tensorflow_datasets).
+  config.data.tfds = config_dict.ConfigDict({
+      source: config_dict.ConfigDict({
+          "name": config_dict.placeholder(str), "version": config_dict.placeholder(str),
+          "split": "train", "feature": "text", "data_dir": config_dict.placeholder(str)})
+      for source in config.data.shares})
+  # Random tokens instead of a corpus, for smoke tests and benchmarks without data (ours).
+  config.data.synthetic = False
 
   config.train = config_dict.ConfigDict()
   config.train.batch_size = 2048  # sequences: 2048 x 2048 tokens = 4M tokens per step
+  # The run's length: exactly one of these (config files give tokens, as the paper does; a
+  # --config.train.steps=N on the command line replaces the file's total_tokens).
   config.train.total_tokens = config_dict.placeholder(float)
+  config.train.steps = config_dict.placeholder(int)
   config.train.seed = 0
   # Sequences per micro-batch (gradient accumulation over batch_size / micro_batch_size slices);
   # None: the whole batch at once.
@@ -109,6 +122,23 @@ def base_config() -> config_dict.ConfigDict:
   config.energy.pue = 1.1
   config.energy.tco2_per_mwh = 0.385  # US national average carbon intensity (paper)
   return config
+
+
+def total_steps(config) -> int:
+  """Optimizer steps in the run: train.steps, or train.total_tokens / tokens per step."""
+  train = config["train"]
+  if (train["steps"] is None) == (train["total_tokens"] is None):
+    raise ValueError(f"give exactly one of train.steps ({train['steps']}) and train.total_tokens "
+                     f"({train['total_tokens']}) for the run's length")
+  if train["steps"] is not None:
+    if train["steps"] < 1:
+      raise ValueError(f"train.steps={train['steps']}: must be at least 1")
+    return train["steps"]
+  return max(1, round(train["total_tokens"] / tokens_per_step(config)))
+
+
+def tokens_per_step(config) -> int:
+  return config["train"]["batch_size"] * config["model"]["context_length"]
 
 
 def load_config_file(path: str | Path) -> config_dict.ConfigDict:
@@ -153,9 +183,18 @@ def _unknown_override(argv: list[str], flag_name: str) -> str | None:
 
 
 def parse_flags(argv: list[str], flag_name: str = "config") -> list[str]:
-  """absl `flags_parser` that reports a typo'd `--config.KEY` as one line naming the key."""
+  """absl `flags_parser` that reports a typo'd `--config.KEY` as one line naming the key.
+
+  `--config.train.steps=N` without a `--config.train.total_tokens` replaces the file's
+  total_tokens (exactly one of the two sets the run's length)."""
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    config = flags.FLAGS[flag_name].value
+    given = {arg.split("=", 1)[0] for arg in argv}
+    if (f"--{flag_name}.train.steps" in given
+        and f"--{flag_name}.train.total_tokens" not in given and config is not None):
+      config.train.total_tokens = None
+    return remaining
   except (KeyError, AttributeError) as error:  # what config_flags raises for an unknown key
     message = _unknown_override(argv, flag_name) or f"bad --{flag_name} override: {error}"
   except flags.Error as error:

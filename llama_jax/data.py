@@ -44,6 +44,9 @@ import numpy as np
 from array_record.python import array_record_module
 from grain.experimental import ConcatThenSplitIterDataset, ThreadPrefetchIterDataset
 
+from llama_jax.config import tokens_per_step, total_steps
+from llama_jax.tokenizer import Tokenizer
+
 INDEX_FILE = "index.json"
 # group_size:1 is what grain needs for fast random access; zstd is ArrayRecord's default.
 SHARD_WRITER_OPTIONS = "group_size:1"
@@ -106,6 +109,31 @@ class SourceShards:
                       "its share to 0")
     return source
 
+  @property
+  def size(self) -> int:
+    """Documents in the source."""
+    return sum(self.documents)
+
+  @property
+  def fix(self) -> str:
+    """What to do about a bad record of this source."""
+    return _retokenize_hint(self.name, self.directory)
+
+  def records(self, vocab_size: int, on_bad_record: str) -> TokenRecords:
+    return TokenRecords(self, vocab_size, on_bad_record)
+
+
+def bad_record(source, where: str, problem: str, on_bad_record: str,
+               dtype: np.dtype) -> np.ndarray:
+  """A bad record's document: DataError naming it ("stop"), or a warning and an empty array,
+  which the packer skips and counts ("skip"; real documents are never empty)."""
+  if on_bad_record == "stop":
+    raise DataError(f"{where} {problem}; {source.fix}, or set --config.data.on_bad_record=skip "
+                    "to drop bad records and count them") from None
+  logging.warning("%s of source %r %s; skipped (config.data.on_bad_record=skip) and counted in "
+                  "the data iterator's bad_records", where, source.name, problem)
+  return np.empty(0, dtype)
+
 
 class TokenRecords(grain.sources.RandomAccessDataSource):
   """A source's documents as token arrays, each checked against the vocabulary.
@@ -152,14 +180,8 @@ class TokenRecords(grain.sources.RandomAccessDataSource):
 
   def _bad(self, index: int, problem: str) -> np.ndarray:
     shard, position = self._locate(index)
-    where = f"{self.source.files[shard]}: record {position}"
-    if self.on_bad_record == "stop":
-      hint = _retokenize_hint(self.source.name, self.source.directory)
-      raise DataError(f"{where} {problem}; {hint}, or set --config.data.on_bad_record=skip to "
-                      "drop bad records and count them") from None
-    logging.warning("%s of source %r %s; skipped (config.data.on_bad_record=skip) and counted in "
-                    "the data iterator's bad_records", where, self.source.name, problem)
-    return np.empty(0, self.source.dtype)
+    return bad_record(self.source, f"{self.source.files[shard]}: record {position}", problem,
+                      self.on_bad_record, self.source.dtype)
 
   def _check_shard_opens(self, shard: int, error: Exception) -> None:
     """Raises DataError, in both on_bad_record modes, if a shard cannot be opened whole."""
@@ -174,7 +196,7 @@ class TokenRecords(grain.sources.RandomAccessDataSource):
         reader.close()
     except Exception:  # an unreadable file: reported below
       ok, records = False, 0
-    hint = _retokenize_hint(self.source.name, self.source.directory)
+    hint = self.source.fix
     if not ok:
       raise DataError(f"{file}: shard of source {self.source.name!r} cannot be opened ({error}); "
                       f"it is truncated or no ArrayRecord file; {hint}. A shard that cannot be "
@@ -186,6 +208,103 @@ class TokenRecords(grain.sources.RandomAccessDataSource):
     self._whole_shards.add(shard)  # by the read threads: set.add is atomic
 
 
+@dataclasses.dataclass(frozen=True)
+class TfdsSource:
+  """One source read from a TensorFlow Datasets dataset (config.data.tfds.<source>): the text of
+  each example, tokenized on the fly with the run's tokenizer, EOS appended as in token shards.
+
+  Read with `tfds.data_source` (ArrayRecord files, random access; no TensorFlow needed).
+  """
+
+  name: str  # the Table 1 source it stands for
+  dataset: str  # as TFDS names it, with its version: "c4/en:3.1.0"
+  split: str
+  feature: str
+  data_dir: str | None
+  tokenizer: Tokenizer
+  size: int  # examples in the split
+  tokens = None  # unknown until every example is tokenized: epochs count documents instead
+
+  @classmethod
+  def open(cls, name: str, spec: Mapping, tokenizer: Tokenizer) -> TfdsSource:
+    """Checks that the dataset, split and text feature exist, from the dataset's metadata."""
+    dataset = spec["name"] + (f":{spec['version']}" if spec.get("version") else "")
+    records = _tfds_records(dataset, spec["split"], spec.get("data_dir"))
+    features = records.dataset_info.features
+    if spec["feature"] not in features:
+      raise DataError(f"data.tfds.{name}.feature={spec['feature']!r}: TFDS dataset {dataset} has "
+                      f"features {sorted(features)}; name its text feature")
+    if not len(records):
+      raise DataError(f"TFDS dataset {dataset} split {spec['split']!r} has no examples; give "
+                      f"source {name!r} another split or set its share to 0")
+    return cls(name=name, dataset=dataset, split=spec["split"], feature=spec["feature"],
+               data_dir=spec.get("data_dir"), tokenizer=tokenizer, size=len(records))
+
+  @property
+  def fix(self) -> str:
+    return (f"repair or rebuild TFDS dataset {self.dataset} split {self.split!r}"
+            + (f" in {self.data_dir}" if self.data_dir else ""))
+
+  def records(self, vocab_size: int, on_bad_record: str) -> TfdsTextRecords:
+    return TfdsTextRecords(self, on_bad_record)
+
+
+def _tfds_records(dataset: str, split: str, data_dir: str | None):
+  """tfds.data_source of one split, never downloading; DataError naming what is missing."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise DataError("config.data.tfds names a TFDS source but tensorflow-datasets is not "
+                    "installed: pip install 'llama-jax[tfds]'") from None
+  try:
+    return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
+  except Exception as error:  # TFDS raises many kinds: not found, unknown split, bad metadata
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # The first line says what failed; TFDS's last lines say where it looked (the catalog
+    # listing between them is long).
+    said = "; ".join(lines[:1] + [line for line in lines[-3:] if line not in lines[:1]
+                                  and not line.startswith("-")])
+    raise DataError(f"TFDS dataset {dataset} split {split!r} (data_dir={data_dir}) cannot be "
+                    f"read: {said}. Build it first (`tfds build` or preprocessing.run "
+                    f"--output_format=tfds) into data_dir") from None
+
+
+class TfdsTextRecords(grain.sources.RandomAccessDataSource):
+  """A TFDS source's examples as token arrays (text + EOS). A bad record (cannot be read or
+  decoded, no UTF-8 text, empty text) follows config.data.on_bad_record like a shard's."""
+
+  def __init__(self, source: TfdsSource, on_bad_record: str = "stop"):
+    if on_bad_record not in ON_BAD_RECORD:
+      raise ValueError(f"on_bad_record={on_bad_record!r}: give one of {ON_BAD_RECORD}")
+    self.source, self.on_bad_record = source, on_bad_record
+    self._records = _tfds_records(source.dataset, source.split, source.data_dir)
+    self._dtype = np.dtype(np.int32)
+
+  def __len__(self) -> int:
+    return self.source.size
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    try:
+      text = self._records[index][self.source.feature]
+    except Exception as error:  # whatever the file or the feature decoder raised
+      return self._bad(index, f"cannot be read ({type(error).__name__}: {error})")
+    if isinstance(text, bytes):
+      try:
+        text = text.decode("utf-8")
+      except UnicodeDecodeError as error:
+        return self._bad(index, f"is not UTF-8 text ({error})")
+    if not isinstance(text, str):
+      return self._bad(index, f"holds {type(text).__name__}, not text")
+    if not text:
+      return self._bad(index, "has an empty text")
+    return np.asarray(self.source.tokenizer.encode(text, eos=True), self._dtype)
+
+  def _bad(self, index: int, problem: str) -> np.ndarray:
+    where = (f"TFDS {self.source.dataset} split {self.source.split!r}: example {index} "
+             f"(feature {self.source.feature!r})")
+    return bad_record(self.source, where, problem, self.on_bad_record, self._dtype)
+
+
 # Documents are read in blocks of this many (still in the per-document shuffled order) and the
 # packer concatenates blocks: grain's fixed cost per element, paid once per block instead of per
 # document, made the whole loader 1.4x faster (docs/results/data_loader.md).
@@ -193,8 +312,9 @@ DOCUMENTS_PER_BLOCK = 32
 
 
 def _concatenate(documents: Sequence[np.ndarray]) -> dict[str, np.ndarray | int]:
-  """A block of documents: their tokens, and how many were bad records (skipped, so empty)."""
-  return {"tokens": np.concatenate(documents),
+  """A block of documents: their tokens, how many documents, and how many were bad records
+  (skipped, so empty)."""
+  return {"tokens": np.concatenate(documents), "documents": len(documents),
           "bad_records": sum(len(document) == 0 for document in documents)}
 
 
@@ -203,36 +323,39 @@ def _source_seed(seed: int, name: str) -> int:
   return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
 
 
-class _BadRecordCounter(grain.DatasetIterator):
-  """Passes blocks on to the packer as {"tokens"}, counting their bad records in its state."""
+class _BlockCounter(grain.DatasetIterator):
+  """Passes blocks on to the packer as {"tokens"}, counting in its state the documents read and
+  the bad records among them."""
 
-  def __init__(self, parent: grain.DatasetIterator, source: SourceShards):
+  def __init__(self, parent: grain.DatasetIterator, source):
     super().__init__(parent)
     self.source = source
-    self.bad_records = 0
+    self.bad_records = self.documents = 0
     self._empty_blocks = 0  # in a row; more than an epoch's worth means no record is readable
-    self._max_empty_blocks = sum(source.documents) // DOCUMENTS_PER_BLOCK + 1
+    self._max_empty_blocks = source.size // DOCUMENTS_PER_BLOCK + 1
 
   def __next__(self) -> dict[str, np.ndarray]:
     block = next(self._parent)
     self.bad_records += block["bad_records"]
+    self.documents += block["documents"]
     self._empty_blocks = 0 if len(block["tokens"]) else self._empty_blocks + 1
     if self._empty_blocks > self._max_empty_blocks:
       raise DataError(f"source {self.source.name!r}: no record could be read in a whole epoch, all "
-                      f"skipped as bad (config.data.on_bad_record=skip); "
-                      f"{_retokenize_hint(self.source.name, self.source.directory)}")
+                      f"skipped as bad (config.data.on_bad_record=skip); {self.source.fix}")
     return {"tokens": block["tokens"]}
 
   def get_state(self) -> dict:
-    return {"blocks": self._parent.get_state(), "bad_records": self.bad_records}
+    return {"blocks": self._parent.get_state(), "bad_records": self.bad_records,
+            "documents": self.documents}
 
   def set_state(self, state: Mapping) -> None:
     if "blocks" not in state:  # a checkpoint from before the count: the reader's own state
       self._parent.set_state(state)
-      self.bad_records = 0
+      self.bad_records = self.documents = 0
       return
     self._parent.set_state(state["blocks"])
     self.bad_records = int(state["bad_records"])
+    self.documents = int(state.get("documents", 0))
 
 
 class _Iterating(grain.IterDataset):
@@ -247,17 +370,18 @@ class _Iterating(grain.IterDataset):
 
 
 class _PackedIterator(grain.DatasetIterator):
-  """Pieces of the packer as (tokens, bad records in the blocks the packer has taken so far)."""
+  """Pieces of the packer as (tokens, bad records and documents in the blocks the packer has
+  taken so far)."""
 
-  def __init__(self, blocks: grain.DatasetIterator, source: SourceShards, sequence_length: int):
-    self._counter = _BadRecordCounter(blocks, source)
+  def __init__(self, blocks: grain.DatasetIterator, source, sequence_length: int):
+    self._counter = _BlockCounter(blocks, source)
     packer = ConcatThenSplitIterDataset(_Iterating(self._counter),
                                         length_struct={"tokens": sequence_length})
     super().__init__(iter(packer))
 
-  def __next__(self) -> tuple[np.ndarray, int]:
+  def __next__(self) -> tuple[np.ndarray, int, int]:
     piece = next(self._parent)["tokens"]
-    return piece, self._counter.bad_records
+    return piece, self._counter.bad_records, self._counter.documents
 
   def get_state(self) -> dict:
     return self._parent.get_state()  # holds the counter's state, which the packer restores
@@ -267,7 +391,7 @@ class _PackedIterator(grain.DatasetIterator):
 
 
 class _Packed(grain.IterDataset):
-  def __init__(self, blocks: grain.IterDataset, source: SourceShards, sequence_length: int):
+  def __init__(self, blocks: grain.IterDataset, source, sequence_length: int):
     super().__init__(blocks)
     self.source, self.sequence_length = source, sequence_length
 
@@ -275,14 +399,15 @@ class _Packed(grain.IterDataset):
     return _PackedIterator(self._parent.__iter__(), self.source, self.sequence_length)
 
 
-def packed_sequences(source: SourceShards, *, vocab_size: int, sequence_length: int, seed: int,
+def packed_sequences(source, *, vocab_size: int, sequence_length: int, seed: int,
                      read_threads: int, on_bad_record: str = "stop") -> grain.IterDataset:
   """A source's documents, shuffled per epoch and repeated, packed into sequence_length pieces.
 
-  Its elements are (piece, bad records skipped so far): the count travels with the pieces and
-  lives in the packer's state, so it is exact at every batch and after a restore.
+  `source` is a SourceShards or a TfdsSource. Its elements are (piece, bad records skipped so
+  far, documents read so far): the counts travel with the pieces and live in the packer's state,
+  so they are exact at every batch and after a restore.
   """
-  documents = (grain.MapDataset.source(TokenRecords(source, vocab_size, on_bad_record))
+  documents = (grain.MapDataset.source(source.records(vocab_size, on_bad_record))
                .shuffle(seed=_source_seed(seed, source.name))
                .repeat())
   blocks = documents.batch(DOCUMENTS_PER_BLOCK, batch_fn=_concatenate)
@@ -293,19 +418,21 @@ def packed_sequences(source: SourceShards, *, vocab_size: int, sequence_length: 
 
 class _GlobalBatchRows:
   """grain batch_fn: this process's rows of a global batch, the global count of pieces per
-  source, and per source the most bad records counted by its pieces (0 where it has none)."""
+  source, and per source the most bad records and documents counted by its pieces (0 where it
+  has none)."""
 
   def __init__(self, rows: slice, num_sources: int):
     self.rows, self.num_sources = rows, num_sources
 
-  def __call__(self, pieces: Sequence[tuple[int, np.ndarray, int]]):
-    sources = np.fromiter((source for source, _, _ in pieces), np.int32, len(pieces))
-    tokens = np.stack([piece for _, piece, _ in pieces[self.rows]]).astype(np.int32)
+  def __call__(self, pieces: Sequence[tuple[int, np.ndarray, int, int]]):
+    sources = np.fromiter((piece[0] for piece in pieces), np.int32, len(pieces))
+    tokens = np.stack([piece[1] for piece in pieces[self.rows]]).astype(np.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "source": sources[self.rows]}
-    bad_records = np.zeros(self.num_sources, np.int64)
-    np.maximum.at(bad_records, sources, np.fromiter((bad for _, _, bad in pieces), np.int64,
-                                                    len(pieces)))
-    return batch, np.bincount(sources, minlength=self.num_sources), bad_records
+    counts = np.zeros((2, self.num_sources), np.int64)  # bad records, documents
+    for column in (0, 1):
+      np.maximum.at(counts[column], sources, np.fromiter(
+          (piece[2 + column] for piece in pieces), np.int64, len(pieces)))
+    return batch, np.bincount(sources, minlength=self.num_sources), counts
 
 
 def _tag_source(index: int):
@@ -316,49 +443,56 @@ class DataIterator:
   """This process's batches: {"inputs", "targets": int32 [rows, L], "source": int32 [rows]}.
 
   `source` indexes `sources`. get_state()/set_state() checkpoint the position exactly, and the
-  count of bad records skipped (on_bad_record="skip") with it.
+  counts of bad records skipped (on_bad_record="skip") and of documents read with it.
   """
 
-  def __init__(self, dataset: grain.IterDataset, sources: Sequence[SourceShards],
-               sequence_length: int):
+  def __init__(self, dataset: grain.IterDataset, sources: Sequence, sequence_length: int):
     self.sources = list(sources)
     self.sequence_length = sequence_length
     self._iterator = iter(dataset)
     self._pieces = np.zeros(len(self.sources), np.int64)
-    self._bad_records = np.zeros(len(self.sources), np.int64)
+    self._counts = np.zeros((2, len(self.sources)), np.int64)  # bad records, documents read
 
   def __iter__(self) -> DataIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch, pieces, bad_records = next(self._iterator)
+    batch, pieces, counts = next(self._iterator)
     self._pieces += pieces
-    np.maximum(self._bad_records, bad_records, out=self._bad_records)
+    np.maximum(self._counts, counts, out=self._counts)
     return batch
 
   def get_state(self) -> dict:
-    return {"grain": self._iterator.get_state(),
-            "pieces": self.sequences(),
-            "bad_records": self.bad_records()}
+    return {"grain": self._iterator.get_state(), "pieces": self.sequences(),
+            "bad_records": self.bad_records(), "documents": self.documents()}
 
   def set_state(self, state: Mapping) -> None:
     self._iterator.set_state(_slices_as_tuples(state["grain"]))
     self._pieces = np.array([state["pieces"].get(s.name, 0) for s in self.sources], np.int64)
-    self._bad_records = np.array([state.get("bad_records", {}).get(s.name, 0)
-                                  for s in self.sources], np.int64)
+    self._counts = np.array([[state.get(key, {}).get(s.name, 0) for s in self.sources]
+                             for key in ("bad_records", "documents")], np.int64)
+
+  def _by_source(self, counts: np.ndarray) -> dict[str, int]:
+    return {s.name: int(n) for s, n in zip(self.sources, counts, strict=True)}
 
   def bad_records(self) -> dict[str, int]:
     """Bad records skipped so far per source (on_bad_record="skip"; re-counted every epoch)."""
-    return {s.name: int(n) for s, n in zip(self.sources, self._bad_records, strict=True)}
+    return self._by_source(self._counts[0])
+
+  def documents(self) -> dict[str, int]:
+    """Documents read so far per source, into the packer (a few batches ahead of training)."""
+    return self._by_source(self._counts[1])
 
   def sequences(self) -> dict[str, int]:
     """Sequences drawn from each source so far, over the global batch (the observed mixture)."""
-    return {s.name: int(n) for s, n in zip(self.sources, self._pieces, strict=True)}
+    return self._by_source(self._pieces)
 
   def epochs(self) -> dict[str, float]:
-    """Passes over each source so far: its tokens drawn into batches / its tokens."""
-    return {s.name: float(n) * self.sequence_length / s.tokens
-            for s, n in zip(self.sources, self._pieces, strict=True)}
+    """Passes over each source so far: its tokens drawn into batches / its tokens; for a TFDS
+    source, whose token count is unknown, documents read / its documents."""
+    return {s.name: (float(n) * self.sequence_length / s.tokens if s.tokens
+                     else float(read) / s.size)
+            for s, n, read in zip(self.sources, self._pieces, self._counts[1], strict=True)}
 
   def close(self) -> None:
     self._iterator.close()
@@ -373,47 +507,127 @@ def _slices_as_tuples(state):
   return state
 
 
+class SyntheticBatches:
+  """Random tokens in place of a corpus (config.data.synthetic), for smoke tests and benchmarks
+  without data: batch n is a function of (seed, n) alone, so it restores exactly. Its one
+  source, "synthetic", stands for the whole mixture."""
+
+  NAME = "synthetic"
+
+  def __init__(self, *, batch_size: int, context_length: int, vocab_size: int, seed: int = 0,
+               process_index: int = 0, process_count: int = 1):
+    if batch_size % process_count:
+      raise ValueError(f"batch_size {batch_size} does not divide over {process_count} processes")
+    rows = batch_size // process_count
+    self.rows = slice(process_index * rows, (process_index + 1) * rows)
+    self.batch_size, self.context_length = batch_size, context_length
+    self.vocab_size, self.seed = vocab_size, seed
+    self.batches = 0
+
+  def __iter__(self) -> SyntheticBatches:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self.seed, self.batches])
+    tokens = rng.integers(0, self.vocab_size, (self.batch_size, self.context_length + 1),
+                          np.int32)[self.rows]
+    self.batches += 1
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+            "source": np.zeros(len(tokens), np.int32)}
+
+  def get_state(self) -> dict:
+    return {"synthetic_batches": self.batches}
+
+  def set_state(self, state: Mapping) -> None:
+    if "synthetic_batches" not in state:
+      raise DataError("the checkpoint's data state is a corpus's, not synthetic data's: resume "
+                      "with the run's own config.data")
+    self.batches = int(state["synthetic_batches"])
+
+  def bad_records(self) -> dict[str, int]:
+    return {}
+
+  def sequences(self) -> dict[str, int]:
+    return {self.NAME: self.batches * self.batch_size}
+
+  def close(self) -> None:
+    pass
+
+
 def sources_by_share(shares: Mapping[str, float]) -> list[str]:
   """The sources with a positive share, largest first, equal shares by name."""
   return sorted((name for name, share in shares.items() if share > 0),
                 key=lambda name: (-shares[name], name))
 
 
-def planned_epochs(sources: Sequence[SourceShards], shares: Mapping[str, float],
+def planned_epochs(sources: Sequence, shares: Mapping[str, float],
                    total_tokens: float) -> dict[str, float]:
-  """Epochs of each source after `total_tokens` of training (paper Table 1's last column)."""
+  """Epochs of each source of known size in tokens after `total_tokens` of training (paper
+  Table 1's last column); TFDS sources, of unknown size, are left out."""
   total_share = sum(shares[s.name] for s in sources)
-  return {s.name: total_tokens * shares[s.name] / total_share / s.tokens for s in sources}
+  return {s.name: total_tokens * shares[s.name] / total_share / s.tokens
+          for s in sources if s.tokens}
 
 
-def make_iterator(data_dir: str | Path, shares: Mapping[str, float], *, batch_size: int,
+def open_sources(data_dir: str | Path | None, shares: Mapping[str, float], *,
+                 vocab_size: int, tfds: Mapping[str, Mapping] | None = None,
+                 tokenizer: str | Path | None = None) -> list:
+  """The sources with a positive share: TfdsSource where `tfds[name]["name"]` is set, else the
+  token shards in data_dir/<name>; all of one tokenizer whose ids fit the model's vocabulary."""
+  if any(share < 0 for share in shares.values()) or not any(shares.values()):
+    raise ValueError(f"data shares {dict(shares)} must be >= 0 with at least one positive")
+  from_tfds = {name for name, share in shares.items()
+               if share > 0 and (tfds or {}).get(name, {}).get("name")}
+  from_shards = [name for name, share in shares.items() if share > 0 and name not in from_tfds]
+  if from_shards and data_dir is None:
+    raise ValueError(f"config.data.dir is not set: give --config.data.dir=DIR holding one "
+                     f"directory of token shards per source (preprocessing.tokenize_shards), "
+                     f"for {', '.join(from_shards)}; or read them from TFDS (data.tfds)")
+  run_tokenizer = None
+  if from_tfds:
+    if not tokenizer:
+      raise ValueError(f"data.tfds sources ({', '.join(sorted(from_tfds))}) are tokenized on the "
+                       "fly: give the SentencePiece model with --config.data.tokenizer=FILE")
+    run_tokenizer = Tokenizer(tokenizer)
+  sources = [TfdsSource.open(name, tfds[name], run_tokenizer) if name in from_tfds
+             else SourceShards.read(name, Path(data_dir) / name)
+             for name, share in shares.items() if share > 0]
+  shards = [s for s in sources if isinstance(s, SourceShards)]
+  made_by = {s.tokenizer_sha256 for s in shards}
+  if run_tokenizer is not None:
+    made_by.add(run_tokenizer.sha256)
+  if len(made_by) > 1:
+    raise DataError("sources were tokenized with different tokenizers: "
+                    + ", ".join(f"{s.name} ({s.tokenizer_sha256[:12]})" for s in shards)
+                    + (f"; data.tokenizer {tokenizer} ({run_tokenizer.sha256[:12]}) for the TFDS "
+                       f"sources" if run_tokenizer else ""))
+  for s in shards:
+    if s.vocab_size > vocab_size:
+      raise DataError(f"{s.directory / INDEX_FILE}: made with a tokenizer of {s.vocab_size} "
+                      f"pieces, more than the model's vocabulary of {vocab_size}; "
+                      f"{s.fix} with the model's tokenizer")
+  if run_tokenizer is not None and run_tokenizer.vocab_size > vocab_size:
+    raise DataError(f"data.tokenizer {tokenizer} has {run_tokenizer.vocab_size} pieces, more than "
+                    f"the model's vocabulary of {vocab_size}")
+  return sources
+
+
+def make_iterator(data_dir: str | Path | None, shares: Mapping[str, float], *, batch_size: int,
                   context_length: int, vocab_size: int, seed: int = 0,
                   process_index: int = 0, process_count: int = 1, read_threads: int = 2,
                   prefetch_batches: int = 2, total_tokens: float | None = None,
-                  on_bad_record: str = "stop") -> DataIterator:
-  """The batches of process `process_index` of `process_count`; sources are data_dir/<name>.
+                  on_bad_record: str = "stop", tfds: Mapping[str, Mapping] | None = None,
+                  tokenizer: str | Path | None = None) -> DataIterator:
+  """The batches of process `process_index` of `process_count` (sources as open_sources).
 
-  A source with share 0 is not read (its directory need not exist); every other must have
-  tokens, made with one tokenizer whose ids fit the model's vocabulary. on_bad_record: "stop"
+  A source with share 0 is not read (its directory need not exist). on_bad_record: "stop"
   raises DataError at a bad record, "skip" drops its document and counts it (bad_records()).
   """
   if on_bad_record not in ON_BAD_RECORD:
     raise ValueError(f"on_bad_record={on_bad_record!r}: give one of {ON_BAD_RECORD}")
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} does not divide over {process_count} processes")
-  if any(share < 0 for share in shares.values()) or not any(shares.values()):
-    raise ValueError(f"data shares {dict(shares)} must be >= 0 with at least one positive")
-  sources = [SourceShards.read(name, Path(data_dir) / name)
-             for name, share in shares.items() if share > 0]
-  tokenizers = {s.tokenizer_sha256 for s in sources}
-  if len(tokenizers) > 1:
-    raise DataError("sources were tokenized with different tokenizers: "
-                    + ", ".join(f"{s.name} ({s.tokenizer_sha256[:12]})" for s in sources))
-  for s in sources:
-    if s.vocab_size > vocab_size:
-      raise DataError(f"{s.directory / INDEX_FILE}: made with a tokenizer of {s.vocab_size} "
-                      f"pieces, more than the model's vocabulary of {vocab_size}; "
-                      f"{_retokenize_hint(s.name, s.directory)} with the model's tokenizer")
+  sources = open_sources(data_dir, shares, vocab_size=vocab_size, tfds=tfds, tokenizer=tokenizer)
   if total_tokens:
     logging.info("planned epochs per source over %.3g tokens: %s", total_tokens,
                  {k: round(v, 2) for k, v in planned_epochs(sources, shares, total_tokens).items()})
@@ -432,18 +646,23 @@ def make_iterator(data_dir: str | Path, shares: Mapping[str, float], *, batch_si
 
 
 def iterator_from_config(config, process_index: int | None = None,
-                         process_count: int | None = None) -> DataIterator:
-  """make_iterator with the settings of a full config (`data`, `model`, `train` sections)."""
+                         process_count: int | None = None) -> DataIterator | SyntheticBatches:
+  """make_iterator (or SyntheticBatches) with the settings of a full config (`data`, `model`,
+  `train` sections)."""
   if process_index is None or process_count is None:
     process_index, process_count = jax.process_index(), jax.process_count()
-  data = config.data
-  if data.dir is None:
-    raise ValueError("config.data.dir is not set: give --config.data.dir=DIR holding one "
-                     "directory of token shards per source (preprocessing.tokenize_shards)")
+  data, train = config.data, config.train
+  if data.synthetic:
+    return SyntheticBatches(batch_size=config.train.batch_size,
+                            context_length=config.model.context_length,
+                            vocab_size=config.model.vocab_size, seed=data.seed,
+                            process_index=process_index, process_count=process_count)
   return make_iterator(data.dir, dict(data.shares), batch_size=config.train.batch_size,
                        context_length=config.model.context_length,
                        vocab_size=config.model.vocab_size, seed=data.seed,
                        process_index=process_index, process_count=process_count,
                        read_threads=data.read_threads, prefetch_batches=data.prefetch_batches,
-                       total_tokens=config.train.total_tokens,
-                       on_bad_record=data.on_bad_record)
+                       total_tokens=(total_steps(config) * tokens_per_step(config)
+                                     if train.steps or train.total_tokens else None),
+                       on_bad_record=data.on_bad_record, tfds=data.tfds.to_dict(),
+                       tokenizer=data.tokenizer)

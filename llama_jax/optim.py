@@ -12,17 +12,11 @@ import jax
 import optax
 
 
-def total_steps(config: Mapping) -> int:
-  """Optimizer steps in the run: train.total_tokens / (batch_size * context_length)."""
-  tokens_per_step = config["train"]["batch_size"] * config["model"]["context_length"]
-  return max(1, round(config["train"]["total_tokens"] / tokens_per_step))
-
-
 def learning_rate_schedule(optim: Mapping, steps: int) -> optax.Schedule:
   """0 -> peak linearly over `warmup_steps`, then cosine to `final_lr_ratio` x peak at `steps`."""
   if optim["warmup_steps"] >= steps:
     raise ValueError(f"optim.warmup_steps={optim['warmup_steps']} must be fewer than the run's "
-                     f"{steps} steps (train.total_tokens / tokens per step)")
+                     f"{steps} steps")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=optim["peak_lr"], warmup_steps=optim["warmup_steps"],
       decay_steps=steps, end_value=optim["final_lr_ratio"] * optim["peak_lr"])

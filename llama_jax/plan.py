@@ -30,9 +30,9 @@ import numpy as np
 from absl import app, flags
 
 from llama_jax import gpu_compile
-from llama_jax.config import load_config_file, parse_flags
+from llama_jax.config import load_config_file, parse_flags, total_steps
 from llama_jax.model import ModelConfig, abstract_model, count_params
-from llama_jax.optim import make_optimizer, total_steps
+from llama_jax.optim import make_optimizer
 from llama_jax.sharding import MeshRules, check_fits, logical_rules, make_mesh, parse_mesh
 from llama_jax.train import ShardedTraining
 

@@ -30,10 +30,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from llama_jax import metrics, report, tokenizer
-from llama_jax.config import parse_flags
+from llama_jax.config import parse_flags, total_steps
 from llama_jax.data import INDEX_FILE, sources_by_share
 from llama_jax.model import ModelConfig
-from llama_jax.optim import total_steps
 from llama_jax.train import Trainer, energy_summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mini.py", "recipe config")

@@ -30,11 +30,11 @@ from tqdm import tqdm
 from llama_jax import distributed
 from llama_jax import metrics as metrics_lib
 from llama_jax.checkpoint import Checkpoints, check_storage
-from llama_jax.config import enable_compilation_cache, parse_flags
+from llama_jax.config import enable_compilation_cache, parse_flags, total_steps
 from llama_jax.data import iterator_from_config
 from llama_jax.eval.periodic import PeriodicEvaluation
 from llama_jax.model import Llama, ModelConfig, abstract_model
-from llama_jax.optim import learning_rate_schedule, make_optimizer, total_steps
+from llama_jax.optim import learning_rate_schedule, make_optimizer
 from llama_jax.sharding import (
     TOKENS,
     MeshRules,

@@ -6,6 +6,8 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
+from llama_jax.config import tokens_per_step, total_steps
+
 # Touvron et al. 2023, Table 2: dim, heads, layers, peak lr, training tokens.
 TABLE_2 = {
     "7b": (4096, 32, 32, 3.0e-4, 1.0e12),
@@ -75,3 +77,20 @@ def test_bad_config_value_is_a_usage_error():
   assert result.returncode == 1
   assert "model.remat='fulll'; choose one of" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_the_run_length_is_exactly_one_of_steps_and_total_tokens(load_config):
+  config = load_config("tiny")
+  assert config.train.steps is None
+  assert total_steps(config) == round(config.train.total_tokens / tokens_per_step(config))
+  config.train.steps = 7
+  with pytest.raises(ValueError, match=r"exactly one of train.steps \(7\) and train.total_tokens"):
+    total_steps(config)
+  config.train.total_tokens = None
+  assert total_steps(config) == 7
+  config.train.steps = None
+  with pytest.raises(ValueError, match="exactly one"):
+    total_steps(config)
+  config.train.steps = 0
+  with pytest.raises(ValueError, match="train.steps=0: must be at least 1"):
+    total_steps(config)

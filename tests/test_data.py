@@ -398,3 +398,28 @@ def test_a_shard_truncated_while_training_reads_it(tmp_path, bad_record_docs, on
     for _ in range(100):
       next(iterator)
     assert iterator.bad_records()["c4"] > 0
+
+
+def test_synthetic_batches_are_a_function_of_seed_and_step_and_restore():
+  def batches(seed=0, process_index=0, process_count=1, state=None, count=4):
+    synthetic = data.SyntheticBatches(batch_size=8, context_length=16, vocab_size=100, seed=seed,
+                                      process_index=process_index, process_count=process_count)
+    if state:
+      synthetic.set_state(state)
+    return [next(synthetic) for _ in range(count)], synthetic
+
+  first, iterator = batches()
+  assert first[0]["inputs"].shape == (8, 16) and first[0]["inputs"].dtype == np.int32
+  assert 0 <= min(b["inputs"].min() for b in first) and max(b["inputs"].max() for b in first) < 100
+  np.testing.assert_array_equal(first[0]["inputs"][:, 1:], first[0]["targets"][:, :-1])
+  assert not np.array_equal(first[0]["inputs"], first[1]["inputs"])
+  assert iterator.get_state() == {"synthetic_batches": 4}
+  assert iterator.sequences() == {"synthetic": 32}
+  again, _ = batches(state={"synthetic_batches": 2}, count=2)
+  np.testing.assert_array_equal(again[1]["inputs"], first[3]["inputs"])
+  other_seed, _ = batches(seed=1)
+  assert not np.array_equal(other_seed[0]["inputs"], first[0]["inputs"])
+  halves = [batches(process_index=p, process_count=2)[0][0]["inputs"] for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate(halves), first[0]["inputs"])
+  with pytest.raises(data.DataError, match="not synthetic data's"):
+    batches(state={"grain": {}, "pieces": {}})

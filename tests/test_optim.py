@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from llama_jax.config import total_steps
 from llama_jax.model import Llama, ModelConfig
-from llama_jax.optim import decay_mask, learning_rate_schedule, make_optimizer, total_steps
+from llama_jax.optim import decay_mask, learning_rate_schedule, make_optimizer
 
 OPTIM = {"peak_lr": 3e-4, "b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.1,
          "grad_clip_norm": 1.0, "warmup_steps": 2000, "final_lr_ratio": 0.1}

@@ -3,7 +3,6 @@
 import json
 import shutil
 import signal
-import time
 import types
 
 import jax
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from training_runs import losses, wait_for_step
 
 from benchmarks.data_loader import write_source
 from benchmarks.soak import SMALL_TINY, SOURCES, VOCAB, config_flags, start_training
@@ -52,23 +52,9 @@ def _config(load_config, shards, **overrides):
   return config
 
 
-def _losses(workdir) -> dict[int, float]:
-  return {record["step"]: record["loss"] for record in read_metrics(workdir / "metrics.jsonl")}
-
-
 def _train_process(workdir, shards, **overrides):
   flags = config_flags({**OVERRIDES, "data.dir": shards, **overrides}, TRAINED_SOURCES)
   return start_training(workdir, flags, open(workdir.parent / f"{workdir.name}.log", "w"))
-
-
-def _wait_for_step(workdir, step, process, timeout=180):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if (workdir / "metrics.jsonl").exists() and max(_losses(workdir), default=0) >= step:
-      return
-    assert process.poll() is None, (workdir.parent / f"{workdir.name}.log").read_text()[-3000:]
-    time.sleep(0.05)
-  raise TimeoutError(f"step {step} not reached")
 
 
 # --- the step --------------------------------------------------------------------------------
@@ -208,8 +194,8 @@ def test_nonfinite_steps_in_a_row_roll_back_and_skip_those_batches(load_config, 
   # the rollback equals a run that never saw them.
   clean = _run(config, tmp_path / "clean", lambda drawn, batch: batch)
   assert clean["step"] == 24
-  assert _losses(tmp_path / "run")[7] == _losses(tmp_path / "clean")[7]
-  assert _losses(tmp_path / "run")[24] != _losses(tmp_path / "clean")[24]
+  assert losses(tmp_path / "run")[7] == losses(tmp_path / "clean")[7]
+  assert losses(tmp_path / "run")[24] != losses(tmp_path / "clean")[24]
 
 
 def test_a_loss_spike_rolls_back_and_skips_the_batch(load_config, shards, tmp_path):
@@ -225,8 +211,8 @@ def test_a_loss_spike_rolls_back_and_skips_the_batch(load_config, shards, tmp_pa
   result = _run(config, tmp_path / "run", spike)
   records = read_metrics(tmp_path / "run" / "metrics.jsonl")
   assert result["step"] == 24 and records[-1]["rollbacks"] == 1
-  losses = _losses(tmp_path / "run")
-  assert max(losses[s] for s in range(10, 25)) < 2 * np.mean([losses[s] for s in range(5, 15)])
+  logged = losses(tmp_path / "run")
+  assert max(logged[s] for s in range(10, 25)) < 2 * np.mean([logged[s] for s in range(5, 15)])
 
 
 def test_tensor_parallel_mesh_trains_like_one_device(load_config, shards, tmp_path):
@@ -235,7 +221,7 @@ def test_tensor_parallel_mesh_trains_like_one_device(load_config, shards, tmp_pa
   _run(config, tmp_path / "one")
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 4, 2
   _run(config, tmp_path / "mesh", devices=jax.devices())
-  one, mesh = _losses(tmp_path / "one"), _losses(tmp_path / "mesh")
+  one, mesh = losses(tmp_path / "one"), losses(tmp_path / "mesh")
   assert sorted(one) == sorted(mesh) == list(range(1, 7))
   np.testing.assert_allclose([mesh[s] for s in one], list(one.values()), rtol=1e-5)
 
@@ -244,22 +230,22 @@ def test_killed_and_resumed_run_has_the_same_losses_bitwise(shards, tmp_path):
   whole = _train_process(tmp_path / "whole", shards)
   assert whole.wait(timeout=300) == 0
   killed = _train_process(tmp_path / "killed", shards)
-  _wait_for_step(tmp_path / "killed", 14, killed)
+  wait_for_step(tmp_path / "killed", 14, killed)
   killed.kill()  # SIGKILL: no chance to save
   killed.wait()
   resumed = _train_process(tmp_path / "killed", shards)
   assert resumed.wait(timeout=300) == 0
-  assert _losses(tmp_path / "killed") == _losses(tmp_path / "whole")  # floats compared exactly
-  assert len(_losses(tmp_path / "whole")) == 24
+  assert losses(tmp_path / "killed") == losses(tmp_path / "whole")  # floats compared exactly
+  assert len(losses(tmp_path / "whole")) == 24
 
 
 def test_sigterm_saves_and_exits_cleanly(shards, tmp_path):
   workdir = tmp_path / "run"
   process = _train_process(workdir, shards, **{"checkpoint.every_steps": 1000})
-  _wait_for_step(workdir, 4, process)
+  wait_for_step(workdir, 4, process)
   process.send_signal(signal.SIGTERM)
   assert process.wait(timeout=120) == 0
-  last_logged = max(_losses(workdir))
+  last_logged = max(losses(workdir))
   assert last_logged < 24
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert saved[-1] == last_logged  # the step it stopped at, beside step 0
@@ -291,7 +277,7 @@ def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_one_before_used(
     load_config, shards, tmp_path, caplog, damage):
   config = _config(load_config, shards, **{"train.total_tokens": 9 * 8 * 32.0})
   _run(config, tmp_path / "whole")
-  expected = _losses(tmp_path / "whole")
+  expected = losses(tmp_path / "whole")
   step_dir = tmp_path / "whole" / "checkpoints" / "9"
   target = _largest_state_file(step_dir)
   if damage == "flipped":
@@ -307,7 +293,7 @@ def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_one_before_used(
   assert "checkpoint 9 is corrupt" in caplog.text
   assert [p.name.split("-")[0] for p in (tmp_path / "whole" / "checkpoints" / "corrupt").iterdir()
           ] == ["9"]
-  assert _losses(tmp_path / "whole") == expected  # steps 7-9 again, bitwise the same
+  assert losses(tmp_path / "whole") == expected  # steps 7-9 again, bitwise the same
 
 
 def test_failed_saves_are_logged_retried_and_keep_the_last_good_one(
@@ -337,3 +323,22 @@ def test_a_config_error_is_one_message_without_a_traceback(tmp_path):
   log = (tmp_path / "run.log").read_text()
   assert "config.data.dir is not set: give --config.data.dir=DIR" in log
   assert "Traceback" not in log
+
+
+def test_steps_on_the_command_line_and_synthetic_data_train_without_a_corpus(tmp_path):
+  flags = [f"--config.{key}={value}" for key, value in SMALL_TINY.items()]
+  process = start_training(tmp_path / "run", [*flags, "--config.train.steps=3",
+                                              "--config.data.synthetic=true"],
+                           open(tmp_path / "run.log", "w"))
+  assert process.wait(timeout=180) == 0, (tmp_path / "run.log").read_text()[-3000:]
+  records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+  assert [r["step"] for r in records] == [1, 2, 3]  # 3 steps, not tiny.py's total_tokens
+  assert records[-1]["sequences/synthetic"] == 3 * SMALL_TINY["train.batch_size"]
+  assert all(np.isfinite(r["loss"]) for r in records)
+  both = start_training(tmp_path / "both", [*flags, "--config.train.steps=3",
+                                            "--config.train.total_tokens=1e4",
+                                            "--config.data.synthetic=true"],
+                        open(tmp_path / "both.log", "w"))
+  assert both.wait(timeout=120) == 1
+  assert "give exactly one of train.steps (3) and train.total_tokens (10000.0)" in (
+      tmp_path / "both.log").read_text()
