@@ -28,7 +28,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from tqdm import tqdm
 
 from preprocessing.decompress import CODECS, DAMAGE, damage_reason, open_decompressed
@@ -336,6 +339,19 @@ def input_bytes(pattern: str) -> int:
   return sum(m.size_in_bytes for m in matches)
 
 
+def _direct_runner(options: PipelineOptions) -> FnApiRunner:
+  """Beam's DirectRunner without its first step, which downloads and starts the Prism runner
+  (offline: a failed download, logged, before falling back). FnApiRunner reads
+  --direct_running_mode and --direct_num_workers itself: in this process, in worker threads, or
+  in worker processes (multi_processing), as the DirectRunner would run it."""
+  # Worker processes get the pipeline options (pickler, file system settings) only through the
+  # provision info, as Beam's DirectRunner hands it to FnApiRunner; without it they start with
+  # none.
+  encoded_options = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+  return FnApiRunner(provision_info=ExtendedProvisionInfo(
+      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded_options)))
+
+
 def run_pipeline(beam_args: Sequence[str], input_pattern: str, description: str,
                  build: Callable[[beam.Pipeline], None]) -> dict:
   """Builds (with `build`) and runs one pipeline with the Beam options in `beam_args`.
@@ -345,17 +361,17 @@ def run_pipeline(beam_args: Sequence[str], input_pattern: str, description: str,
   """
   options = PipelineOptions(beam_args)
   runner = options.view_as(StandardOptions).runner or "DirectRunner"
-  in_process = (runner == "DirectRunner"
-                and options.view_as(DirectOptions).direct_running_mode in (None, "in_memory"))
+  # Beam takes runner names in any case, with or without "Runner".
+  direct = runner.lower().removesuffix("runner") == "direct"
+  in_process = direct and options.view_as(DirectOptions).direct_running_mode == "in_memory"
   global progress_bar
   started = time.time()
   with tqdm(total=input_bytes(input_pattern), unit="B", unit_scale=True, desc=description,
             disable=not in_process) as bar:
+    # Worker processes never see it; worker threads would update it all at once.
     progress_bar = bar if in_process else None
     try:
-      # In process, FnApiRunner directly: Beam's DirectRunner would first try to download and
-      # start its Prism runner (and offline, log the failure) before falling back to it.
-      root = beam.Pipeline(runner=FnApiRunner() if in_process else None, options=options)
+      root = beam.Pipeline(runner=_direct_runner(options) if direct else None, options=options)
       build(root)
       result = root.run()
       result.wait_until_finish()
