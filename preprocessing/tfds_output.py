@@ -59,6 +59,24 @@ def features():
                                      "metadata": text()})
 
 
+class ExampleEncoder:
+  """A document's fields -> the bytes of a TFDS example, the same bytes in every process.
+
+  TFDS's own `features.serialize_example` writes the tf.train.Example's feature map in an order
+  that changes with the process's hash seed (seen here), so worker processes would write
+  different bytes for the same example; protobuf's deterministic mode sorts the map."""
+
+  def __init__(self):
+    from tensorflow_datasets.core import example_serializer
+
+    self.features = features()
+    self._serializer = example_serializer.ExampleSerializer(self.features.get_serialized_info())
+
+  def __call__(self, example: dict) -> bytes:
+    encoded = self.features.encode_example(example)
+    return self._serializer.get_tf_example(encoded).SerializeToString(deterministic=True)
+
+
 def shard_name(shard: int, num_shards: int) -> str:
   return f"{DATASET}-{SPLIT}.{FILE_FORMAT}-{shard:05d}-of-{num_shards:05d}"
 
@@ -70,12 +88,12 @@ class SerializeDocuments(beam.DoFn):
     self.num_shards = num_shards
 
   def setup(self):
-    self.features = features()
+    self.encode = ExampleEncoder()
 
   def process(self, doc: Document):
     example = {"id": doc.id, "source": doc.source, "text": doc.text,
                "metadata": json.dumps(doc.metadata, sort_keys=True)}
-    yield shard_of(doc.id, self.num_shards), (doc.id, self.features.serialize_example(example))
+    yield shard_of(doc.id, self.num_shards), (doc.id, self.encode(example))
 
 
 def _write_records(path: str, records) -> int:

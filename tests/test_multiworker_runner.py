@@ -17,7 +17,7 @@ import pytest
 from apache_beam.runners.direct import direct_runner
 from conftest import REPO_ROOT
 
-from preprocessing import c4, run, tokenize_shards
+from preprocessing import c4, run, tfds_output, tokenize_shards
 from preprocessing.ccnet.language_id import train_language_id
 
 WORKER_PROCESSES = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
@@ -120,3 +120,19 @@ def test_token_shards_on_worker_processes(demo, tmp_path):
   assert workers["stats"] == in_process["stats"]
   assert workers["index"] == in_process["index"]
   assert workers["files"] == in_process["files"]  # every shard byte for byte, nothing else
+
+
+def test_a_tfds_dataset_on_worker_processes(demo, tmp_path):
+  argv = demo.argv("github", tmp_path / "in_process")[:-1] + ["--output_format=tfds",
+                                                              "--num_shards=3"]
+  datasets = {}
+  for mode, extra in (("in_process", ()), ("workers", WORKER_PROCESSES)):
+    argv[2] = f"--output={tmp_path / mode}"
+    run.main([*argv, *extra])
+    directory = Path(tfds_output.dataset_dir(str(tmp_path / mode), "github"))
+    datasets[mode] = {path.name: (json.loads(path.read_text())["splits"]
+                                  if path.name == "dataset_info.json"
+                                  else hashlib.sha256(path.read_bytes()).hexdigest())
+                      for path in directory.iterdir() if path.name != "stats.json"}
+  assert len([name for name in datasets["in_process"] if ".array_record-" in name]) == 3
+  assert datasets["workers"] == datasets["in_process"]  # shards byte for byte, the same splits

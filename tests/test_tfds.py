@@ -117,8 +117,8 @@ def bad_example_dataset(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("bad_tfds")
   directory = tfds_output.dataset_dir(str(data_dir), "github")
   (data_dir / "llama_corpus" / "github" / "1.0.0").mkdir(parents=True)
-  features = tfds_output.features()
-  examples = [(f"{i:03d}", features.serialize_example(
+  encode = tfds_output.ExampleEncoder()
+  examples = [(f"{i:03d}", encode(
       {"id": f"{i:03d}", "source": "github", "metadata": "{}",
        "text": "" if i == 17 else f"def f{i}(x):\n  return x + {i}\n"})) for i in range(40)]
   shard = tfds_output.write_shard((0, examples), directory, 1)
