@@ -41,7 +41,7 @@ def test_unpack_reads_archives_gzip_and_plain_tex():
 
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty_file"),
-    (gzip.compress(MAIN)[:20], "broken_gzip"),
+    (gzip.compress(MAIN, mtime=0)[:20], "broken_gzip"),
     (synthetic_arxiv.tar_bytes({"main.tex": MAIN * 50}, compress=False)[:700], "broken_archive"),
 ])
 def test_unpack_reports_broken_input(data, reason):
