@@ -122,6 +122,9 @@ class SourceShards:
   def records(self, vocab_size: int, on_bad_record: str) -> TokenRecords:
     return TokenRecords(self, vocab_size, on_bad_record)
 
+  def block(self, documents: Sequence[np.ndarray]) -> dict[str, np.ndarray | int]:
+    return _concatenate(documents)
+
 
 def bad_record(source, where: str, problem: str, on_bad_record: str,
                dtype: np.dtype) -> np.ndarray:
@@ -248,6 +251,16 @@ class TfdsSource:
   def records(self, vocab_size: int, on_bad_record: str) -> TfdsTextRecords:
     return TfdsTextRecords(self, on_bad_record)
 
+  def block(self, documents: Sequence[str | np.ndarray]) -> dict[str, np.ndarray | int]:
+    """A block's texts tokenized in one call, on SentencePiece's threads (one text at a time
+    holds the GIL: the read threads then share one core); bad records stay empty arrays."""
+    texts = [i for i, document in enumerate(documents) if isinstance(document, str)]
+    encoded = self.tokenizer.encode_batch([documents[i] for i in texts], eos=True)
+    documents = list(documents)
+    for i, ids in zip(texts, encoded, strict=True):
+      documents[i] = np.asarray(ids, np.int32)
+    return _concatenate(documents)
+
 
 def _tfds_records(dataset: str, split: str, data_dir: str | None):
   """tfds.data_source of one split, never downloading; DataError naming what is missing."""
@@ -270,8 +283,9 @@ def _tfds_records(dataset: str, split: str, data_dir: str | None):
 
 
 class TfdsTextRecords(grain.sources.RandomAccessDataSource):
-  """A TFDS source's examples as token arrays (text + EOS). A bad record (cannot be read or
-  decoded, no UTF-8 text, empty text) follows config.data.on_bad_record like a shard's."""
+  """A TFDS source's examples as their text (TfdsSource.block tokenizes a block of them). A bad
+  record (cannot be read or decoded, no UTF-8 text, empty text) follows config.data.on_bad_record
+  like a shard's: DataError, or an empty token array."""
 
   def __init__(self, source: TfdsSource, on_bad_record: str = "stop"):
     if on_bad_record not in ON_BAD_RECORD:
@@ -283,7 +297,7 @@ class TfdsTextRecords(grain.sources.RandomAccessDataSource):
   def __len__(self) -> int:
     return self.source.size
 
-  def __getitem__(self, index: int) -> np.ndarray:
+  def __getitem__(self, index: int) -> str | np.ndarray:
     try:
       text = self._records[index][self.source.feature]
     except Exception as error:  # whatever the file or the feature decoder raised
@@ -297,7 +311,7 @@ class TfdsTextRecords(grain.sources.RandomAccessDataSource):
       return self._bad(index, f"holds {type(text).__name__}, not text")
     if not text:
       return self._bad(index, "has an empty text")
-    return np.asarray(self.source.tokenizer.encode(text, eos=True), self._dtype)
+    return text
 
   def _bad(self, index: int, problem: str) -> np.ndarray:
     where = (f"TFDS {self.source.dataset} split {self.source.split!r}: example {index} "
@@ -410,7 +424,7 @@ def packed_sequences(source, *, vocab_size: int, sequence_length: int, seed: int
   documents = (grain.MapDataset.source(source.records(vocab_size, on_bad_record))
                .shuffle(seed=_source_seed(seed, source.name))
                .repeat())
-  blocks = documents.batch(DOCUMENTS_PER_BLOCK, batch_fn=_concatenate)
+  blocks = documents.batch(DOCUMENTS_PER_BLOCK, batch_fn=source.block)
   read_options = grain.ReadOptions(num_threads=read_threads,
                                    prefetch_buffer_size=4 * read_threads)
   return _Packed(blocks.to_iter_dataset(read_options), source, sequence_length)
