@@ -4,8 +4,9 @@
 Both sides score PIQA's requests (context "Question: ...\\nAnswer:", each solution a
 continuation) with the same random Hugging Face LLaMA (dim 256, 4 layers, Meta's 32000-token
 vocabulary and tokenizer: 19.5M parameters, float32, context 256), in batches of --batch_size:
-  llama_jax    llama_jax.eval.harness.evaluate_task (what `python -m llama_jax.eval` runs per task):
-               requests read from the task's files, scored, metrics computed;
+  llama_jax    llama_jax.eval.likelihood.evaluate_likelihood (what `python -m llama_jax.eval`
+               runs per likelihood task): requests read from the task's files, scored, metrics
+               computed;
   lm_eval_hf   lm-evaluation-harness's HFLM.loglikelihood on the same (context, continuation)
                requests, the model-side work of `lm_eval --model hf` (lm-eval's task machinery
                around it is left out, to the peer's advantage).
@@ -66,7 +67,7 @@ def write_inputs(workdir: Path, items: int) -> tuple[Path, Path]:
 
 
 def _requests(data_dir: Path):
-  from llama_jax.eval.tasks import get_tasks
+  from llama_jax.eval.likelihood import get_tasks
 
   task = get_tasks(["piqa"])[0]
   examples = task.examples(data_dir)
@@ -83,14 +84,14 @@ def _timed_twice(score) -> tuple[float, float, list[float]]:
 
 
 def run_llama_jax(model_dir: Path, data_dir: Path, batch_size: int) -> dict:
-  from llama_jax.eval.harness import evaluate_task
+  from llama_jax.eval.likelihood import evaluate_likelihood
   from llama_jax.eval.scoring import load_scorer
 
   scorer = load_scorer(model_dir, dtype="float32", batch_size=batch_size)
   task, examples, _ = _requests(data_dir)
 
   def score():
-    result = evaluate_task(scorer, task, data_dir, num_fewshot=0, progress=False)
+    result = evaluate_likelihood(scorer, task, data_dir, num_fewshot=0, progress=False)
     return [ll for sample in result.samples for ll in sample["loglikelihoods"]]
 
   first, steady, lls = _timed_twice(score)

@@ -174,7 +174,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   """Rotates interleaved pairs (x0, x1), (x2, x3), ... of x [batch, seq, heads, head_dim].
 
   This is Meta's layout; Hugging Face checkpoints rotate halves instead and are converted by
-  permuting the q/k projection rows (see llama_jax.convert).
+  permuting the q/k projection rows (see llama_jax.formats.layout).
   """
   pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
   even, odd = pairs[..., 0], pairs[..., 1]

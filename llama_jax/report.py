@@ -125,7 +125,7 @@ def evaluation_section(config, results: dict, tokens: int) -> str:
           + _table(["task", "metric", "this model", "± stderr", "n", "shots",
                     "LLaMA-7B (paper)"], rows)
           + "\n\n-: no LLaMA-7B figure for the task in the project's copy of the paper's "
-          "numbers (llama_jax/eval/tasks.py).")
+          "numbers (llama_jax/eval/likelihood.py).")
 
 
 def samples_section(samples_path: Path, settings) -> str:

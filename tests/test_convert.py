@@ -18,16 +18,10 @@ from safetensors.numpy import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llama_jax import from_pretrained
-from llama_jax.convert import (
-    _host_params,
-    _MetaCheckpoint,
-    hf_to_orbax,
-    load_model,
-    main,
-    meta_to_orbax,
-    model_config_from_hf,
-    orbax_to_hf,
-)
+from llama_jax.convert import _host_params, hf_to_orbax, main, meta_to_orbax, orbax_to_hf
+from llama_jax.formats.hf import model_config_from_hf
+from llama_jax.formats.meta import MetaCheckpoint
+from llama_jax.inference import load_model
 from llama_jax.model import ModelConfig, abstract_model
 
 META_TOKENIZER = Path(__file__).parent / "data" / "llama-tokenizer" / "tokenizer.model"
@@ -164,7 +158,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*pieces but the model only")
 
 # Meta's name and model-parallel split dim (fairscale: column-parallel layers split their output
 # rows, row-parallel ones their input columns, the embedding its embedding dim; None: replicated)
-# for each Hugging Face tensor, written out here independently of llama_jax.convert's table.
+# for each Hugging Face tensor, written out here independently of llama_jax.formats.layout's table.
 _META = {"model.embed_tokens.weight": ("tok_embeddings.weight", 1),
          "model.norm.weight": ("norm.weight", None),
          "lm_head.weight": ("output.weight", 0)}
@@ -389,7 +383,7 @@ def test_feed_forward_size_off_meta_rule_is_warned_about(meta_dir, tmp_path):
   source = _broken_meta(meta_dir, tmp_path, params={**META_PARAMS, "multiple_of": 256})
   with pytest.warns(UserWarning, match=r"dim=64 and multiple_of=256 give a feed-forward size of "
                                        r"256 by Meta's rule, but the weights have 176"):
-    config = _MetaCheckpoint(source).model_config()
+    config = MetaCheckpoint(source).model_config()
   assert config.ffn_dim == 176
 
 

@@ -13,10 +13,10 @@ from hf_reference import META_TOKENIZER
 from benchmarks.data_loader import write_source
 from benchmarks.soak import SMALL_TINY
 from llama_jax.eval.generative import evaluate_generative
-from llama_jax.eval.harness import evaluate_task
-from llama_jax.eval.scoring import bucket_lengths, load_scorer, pack_rows
-from llama_jax.eval.tasks import TASKS
+from llama_jax.eval.likelihood import TASKS, evaluate_likelihood
+from llama_jax.eval.scoring import load_scorer, pack_rows
 from llama_jax.generate import load_generator
+from llama_jax.inference import bucket_lengths
 from llama_jax.metrics import read_metrics
 from llama_jax.train import Trainer
 
@@ -177,7 +177,7 @@ def test_evaluation_during_training_equals_evaluating_the_checkpoint(load_config
   for step in (3, 6):
     scorer = load_scorer(workdir / "checkpoints" / str(step), batch_size=16)
     assert scorer.description.endswith(f"step {step}")
-    results = [evaluate_task(scorer, TASKS[task], EVAL_DATA, limit=5, progress=False)
+    results = [evaluate_likelihood(scorer, TASKS[task], EVAL_DATA, limit=5, progress=False)
                for task in ("piqa", "arc_easy")]
     generator = load_generator(workdir / "checkpoints" / str(step), batch_size=16)
     results.append(evaluate_generative(generator.generate, "nq_open", EVAL_DATA, limit=5,
@@ -223,8 +223,8 @@ def test_loglikelihoods_and_accuracies_equal_the_harness_hf_model(
     responses = [options[i] for i in sorted(options)]
     theirs.append(([ll for ll, _ in responses], task.process_results(doc, responses)))
 
-  ours = evaluate_task(float32_scorer, TASKS[name], EVAL_DATA, num_fewshot=num_fewshot,
-                       progress=False)
+  ours = evaluate_likelihood(float32_scorer, TASKS[name], EVAL_DATA, num_fewshot=num_fewshot,
+                             progress=False)
   assert ours.n == len(theirs) >= 3
   for sample, (lls, metrics) in zip(ours.samples, theirs, strict=True):
     np.testing.assert_allclose(sample["loglikelihoods"], lls, rtol=0, atol=1e-4,

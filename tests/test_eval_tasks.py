@@ -1,5 +1,6 @@
-"""llama_jax.eval.tasks: prompts equal lm-evaluation-harness 0.4.13's on the same items, zero- and
-few-shot; released files are read, and their faults named; the custom metrics equal the harness's.
+"""llama_jax.eval.likelihood: prompts equal lm-evaluation-harness 0.4.13's on the same items, zero-
+and few-shot; released files are read, and their faults named; the custom metrics equal the
+harness's.
 
 The harness's own tasks are built from its YAML files, their datasets pointed at JSON files this
 module converts from the released files in tests/data/eval (the Hugging Face schema each YAML
@@ -23,17 +24,17 @@ from lm_eval_reference import (
   truthfulqa_docs,
 )
 
-from llama_jax.eval.tasks import (
+from llama_jax.eval.likelihood import (
   GROUPS,
   MMLU_SUBJECTS,
   TASKS,
-  TaskDataError,
   get_tasks,
   score_crows_pairs,
   score_example,
   score_truthfulqa_mc2,
   with_fewshot,
 )
+from llama_jax.eval.readers import TaskDataError
 
 TASKS_HERE = {**TASKS, "mmlu": dataclasses.replace(
     TASKS["mmlu"], files=tuple(f"mmlu/data/test/{s}_test.csv" for s in MMLU_SAMPLE),
@@ -319,8 +320,8 @@ def test_metrics_are_also_reported_per_subset():
 
 
 def test_evaluation_averages_subset_metrics_over_their_items():
-  """WinoGender through harness.evaluate_task with made-up scores: acc/male over male items."""
-  from llama_jax.eval.harness import evaluate_task
+  """WinoGender through evaluate_likelihood with made-up scores: acc/male over male items."""
+  from llama_jax.eval.likelihood import evaluate_likelihood
 
   class OccupationFirst:
     """Prefers the occupation (the first option) for male and neutral items."""
@@ -335,7 +336,7 @@ def test_evaluation_averages_subset_metrics_over_their_items():
       return results
 
   task = TASKS["winogender"]
-  result = evaluate_task(OccupationFirst(), task, EVAL_DATA, progress=False)
+  result = evaluate_likelihood(OccupationFirst(), task, EVAL_DATA, progress=False)
   golds = {gender: [e.gold for e in task.examples(EVAL_DATA) if e.subset == gender]
            for gender in ("male", "female", "neutral")}
   assert result.metrics["acc/male"].mean == golds["male"].count(0) / len(golds["male"])

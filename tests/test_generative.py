@@ -23,13 +23,9 @@ from pathlib import Path
 import pytest
 
 from llama_jax.eval import generative, sandbox
-from llama_jax.eval.generative import (
-  GENERATIVE_TASKS,
-  GenerationSettings,
-  evaluate_generative,
+from llama_jax.eval.answers import (
   extract_gsm8k_answer,
   extract_math_answer,
-  get_generative_task,
   last_boxed,
   majority_vote,
   normalize_math_answer,
@@ -37,8 +33,15 @@ from llama_jax.eval.generative import (
   pass_at_k,
   qa_exact_match,
 )
+from llama_jax.eval.fewshot import FEWSHOT_SEED
+from llama_jax.eval.generative import (
+  GENERATIVE_TASKS,
+  GenerationSettings,
+  evaluate_generative,
+  get_generative_task,
+)
 from llama_jax.eval.harness import results_json, results_table
-from llama_jax.eval.tasks import FEWSHOT_SEED, TaskDataError
+from llama_jax.eval.readers import TaskDataError
 
 EVAL_DATA = Path(__file__).parent / "data" / "eval"
 

@@ -1,7 +1,7 @@
 """`python -m llama_jax.eval --ckpt=DIR --tasks=LIST --data_dir=DIR --output=results.json`.
 
-Likelihood tasks (llama_jax.eval.tasks) and generative ones (llama_jax.eval.generative) can be
-mixed in one run; the checkpoint is loaded once.
+Likelihood tasks (llama_jax.eval.likelihood) and generative ones (llama_jax.eval.generative) can
+be mixed in one run; the checkpoint is loaded once.
 """
 
 from __future__ import annotations
@@ -17,20 +17,17 @@ from absl import app, flags
 
 from llama_jax import distributed
 from llama_jax.config import enable_compilation_cache
-from llama_jax.convert import define_model_flags
-from llama_jax.eval.generative import (
-    CODE_TIMEOUT_S,
-    GenerativeTask,
-    evaluate_generative,
-    resolve_tasks,
-)
-from llama_jax.eval.harness import evaluate_task, results_json, results_table
+from llama_jax.eval.fewshot import FEWSHOT_SEED
+from llama_jax.eval.generative import CODE_TIMEOUT_S
+from llama_jax.eval.harness import results_json, results_table
+from llama_jax.eval.readers import TaskDataError
+from llama_jax.eval.registry import EvalModel, EvalSettings, resolve_tasks
 from llama_jax.eval.scoring import Scorer
-from llama_jax.eval.tasks import FEWSHOT_SEED, TaskDataError
 from llama_jax.generate import Generator
+from llama_jax.inference import define_model_flags
 
 _LOAD_MODEL = define_model_flags()
-_TASKS = flags.DEFINE_list("tasks", None, "comma-separated task names (llama_jax.eval.tasks, "
+_TASKS = flags.DEFINE_list("tasks", None, "comma-separated task names (llama_jax.eval.likelihood, "
                            "llama_jax.eval.generative) and groups", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "where the benchmarks' released files are",
                                 required=True)
@@ -74,20 +71,17 @@ def main(argv: list[str]) -> None:
   def generate(prompts, settings):
     return generator.generate(prompts, settings, seed=_SEED.value, progress=progress)
 
+  model = EvalModel(scorer, generate)
+  eval_settings = EvalSettings(
+      num_fewshot=_NUM_FEWSHOT.value, limit=_LIMIT.value, seed=_SEED.value, progress=progress,
+      num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,
+      max_new_tokens=_MAX_NEW_TOKENS.value, sandbox_workers=_SANDBOX_WORKERS.value,
+      sandbox_timeout_s=_SANDBOX_TIMEOUT.value)
   results, seconds = [], {}
   for task in tasks:
     start = time.perf_counter()
     try:
-      if isinstance(task, GenerativeTask):
-        results.append(evaluate_generative(
-            generate, task, Path(_DATA_DIR.value), num_fewshot=_NUM_FEWSHOT.value,
-            limit=_LIMIT.value, num_samples=_NUM_SAMPLES.value, temperature=_TEMPERATURE.value,
-            max_new_tokens=_MAX_NEW_TOKENS.value, workers=_SANDBOX_WORKERS.value,
-            timeout_s=_SANDBOX_TIMEOUT.value, seed=_SEED.value, progress=progress))
-      else:
-        results.append(evaluate_task(scorer, task, Path(_DATA_DIR.value),
-                                     num_fewshot=_NUM_FEWSHOT.value, limit=_LIMIT.value,
-                                     seed=_SEED.value, progress=progress))
+      results.append(task.evaluate(model, Path(_DATA_DIR.value), eval_settings))
     except TaskDataError as error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(1)

@@ -3,10 +3,10 @@ the model writes.
 
 NaturalQuestions and TriviaQA (exact match), GSM8k and MATH (exact match of the final answer, and
 maj1@k: the majority answer of k samples), HumanEval and MBPP (pass@k: generated code run against
-the benchmark's tests in `llama_jax.eval.sandbox`). Each is read from the files its authors
-release, found under `--data_dir` as `GenerativeTask.files` names them; a missing file raises
-`TaskDataError` saying where the benchmark is published, a malformed one names file, line and
-field.
+the benchmark's tests in `llama_jax.eval.sandbox`); answers are read and compared by
+`llama_jax.eval.answers`. Each is read from the files its authors release, found under
+`--data_dir` as `GenerativeTask.files` names them; a missing file raises `TaskDataError` saying
+where the benchmark is published, a malformed one names file, line and field.
 
 Text comes from a `generate(prompts, settings)` callable: for each prompt, `settings.num_samples`
 completions, cut before the first stop sequence. Prompts and stop sequences are those of
@@ -22,37 +22,41 @@ is a metric of its own (`no_answer`: no answer could be read from the completion
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
 import logging
-import math
 import random
-import re
-import string
 from collections.abc import Callable, Sequence
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from llama_jax.eval.harness import TaskResult, aggregate
-from llama_jax.eval.tasks import (
-  FEWSHOT_SEED,
-  GROUPS,
-  TASKS,
-  Task,
+from llama_jax.eval.answers import (
+  extract_gsm8k_answer,
+  extract_math_answer,
+  gsm8k_gold_answer,
+  last_boxed,
+  majority_vote,
+  normalize_math_answer,
+  normalize_qa_answer,
+  pass_at_k,
+  qa_exact_match,
+)
+from llama_jax.eval.fewshot import FEWSHOT_SEED, draw_shots
+from llama_jax.eval.harness import TaskResult, average_metrics, by_subset
+from llama_jax.eval.readers import (
   TaskDataError,
-  by_subset,
   field,
-  get_tasks,
   read_json_array,
+  read_json_object,
   read_jsonl,
   require_file,
   strings,
 )
 from llama_jax.generate import GenerationSettings
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+  from llama_jax.eval.registry import EvalModel, EvalSettings
 
+log = logging.getLogger(__name__)
 
 Generate = Callable[[list[str], GenerationSettings], list[list[str]]]
 
@@ -129,7 +133,7 @@ def _read_gsm8k(task: GenerativeTask, path: Path) -> list[Item]:
   items = []
   for source, r in read_jsonl(path):
     question, answer = field(r, "question", source), field(r, "answer", source)
-    gold = _gsm8k_gold(answer)
+    gold = gsm8k_gold_answer(answer)
     if gold is None:
       raise TaskDataError(f"{source}: field 'answer' should end with '#### <number>', got "
                           f"{answer[-60:]!r}")
@@ -153,13 +157,7 @@ def _read_math(task: GenerativeTask, directory: Path) -> list[Item]:
                         f"{task.title} is published at {task.published}")
   items = []
   for path in paths:
-    source = f"{path}:1"
-    try:
-      r = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-      raise TaskDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-    if not isinstance(r, dict):
-      raise TaskDataError(f"{source}: expected a JSON object, got {type(r).__name__}")
+    source, r = read_json_object(path)
     problem, solution = field(r, "problem", source), field(r, "solution", source)
     field(r, "level", source)
     field(r, "type", source)
@@ -304,190 +302,6 @@ def _math_shots(task: GenerativeTask, data_dir: Path) -> list[Item]:
   return [Item("Minerva prompt", f"Problem:\n{p}\n\nSolution:", s) for p, s in MATH_SHOTS]
 
 
-# --- answers ---------------------------------------------------------------------------------
-
-
-def normalize_qa_answer(text: str) -> str:
-  """SQuAD's answer normalization (Rajpurkar et al. 2016, its evaluation script), used for
-  NaturalQuestions and TriviaQA exact match: lower case, no punctuation, no articles (a, an,
-  the), single spaces."""
-  text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
-  text = re.sub(r"\b(a|an|the)\b", " ", text)
-  return " ".join(text.split())
-
-
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def qa_exact_match(prediction: str, answers: Sequence[str]) -> float:
-  """1 if the prediction equals any accepted answer once both are normalized; 0 if nothing of
-  it is left to compare."""
-  predicted = normalize_qa_answer(prediction)
-  return float(bool(predicted) and any(predicted == normalize_qa_answer(a) for a in answers))
-
-
-_NUMBER = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
-
-
-def _canonical_number(text: str) -> str | None:
-  """A number as one string per value ("1,000.50" and "1000.5" alike), or None."""
-  try:
-    value = Decimal(text.replace(",", "").replace("$", ""))
-  except InvalidOperation:
-    return None
-  if not value.is_finite():
-    return None
-  return format(value.normalize() if value else Decimal(0), "f")  # -0 and 0.00 are 0
-
-
-def _gsm8k_gold(answer: str) -> str | None:
-  if "####" not in answer:
-    return None
-  match = re.search(_NUMBER, answer.split("####")[-1])
-  return _canonical_number(match.group()) if match else None
-
-
-def extract_gsm8k_answer(completion: str) -> str | None:
-  """The number a GSM8k completion answers with, canonical (no commas or "$"; "18.00" is "18"):
-  the one after the first "The answer is" (the shots' wording) or "####" (the dataset's), else
-  the last number in the text; None when there is no number."""
-  stated = re.search(rf"(?:the answer is|####)\s*:?\s*\$?\s*({_NUMBER})", completion,
-                     re.IGNORECASE)
-  if stated:
-    return _canonical_number(stated.group(1))
-  numbers = re.findall(_NUMBER, completion)
-  return _canonical_number(numbers[-1]) if numbers else None
-
-
-def last_boxed(text: str) -> str | None:
-  """The contents of the last \\boxed{...} (or \\fbox{...}) in `text`, braces matched; "\\boxed 5"
-  (no braces) gives the text up to the next "$" or the end. None when there is none, or its
-  braces do not close."""
-  starts = [m for m in re.finditer(r"\\(?:boxed|fbox)\b", text)]
-  if not starts:
-    return None
-  position = starts[-1].end()
-  if text[position:position + 1] == " " and text[position:].lstrip()[:1] != "{":
-    return text[position + 1:].split("$")[0].strip() or None
-  position += len(text[position:]) - len(text[position:].lstrip())
-  if text[position:position + 1] != "{":
-    return None
-  depth = 0
-  for index in range(position, len(text)):
-    depth += {"{": 1, "}": -1}.get(text[index], 0)
-    if depth == 0:
-      return text[position + 1:index]
-  return None
-
-
-def _latex_argument(text: str, position: int) -> tuple[str, int] | None:
-  """The LaTeX argument at `position` (a {group}, a \\command or one character) and where it
-  ends; None at the end of the text, or at a brace that does not close."""
-  if position >= len(text):
-    return None
-  if command := re.match(r"\\[a-zA-Z]+", text[position:]):
-    return command.group(), position + command.end()
-  if text[position] != "{":
-    return text[position], position + 1
-  depth = 0
-  for index in range(position, len(text)):
-    depth += {"{": 1, "}": -1}.get(text[index], 0)
-    if depth == 0:
-      return text[position + 1:index], index + 1
-  return None
-
-
-def _brace_arguments(text: str, command: str, count: int) -> str:
-  """`command`'s first `count` arguments in braces: \\frac12 -> \\frac{1}{2}, \\frac\\pi2 ->
-  \\frac{\\pi}{2}, \\sqrt3 -> \\sqrt{3}, \\sqrt[3]x -> \\sqrt[3]{x}; nested ones too."""
-  out, copied = [], 0
-  while (found := text.find(command, copied)) >= 0:
-    position = found + len(command)
-    if text.startswith("[", position) and "]" in text[position:]:
-      position = text.index("]", position) + 1  # a root's index
-    out.append(text[copied:position])
-    for _ in range(count):
-      argument = _latex_argument(text, position)
-      if argument is None:
-        break
-      out.append("{" + _brace_arguments(argument[0], command, count) + "}")
-      position = argument[1]
-    copied = position
-  out.append(text[copied:])
-  return "".join(out)
-
-
-def normalize_math_answer(answer: str) -> str:
-  """A MATH answer in one canonical form, as Hendrycks et al. 2021's is_equiv compares them (its
-  strip_string, rewritten here): no spaces, \\left/\\right, \\!, degrees, "\\$" or "%"; units in a
-  trailing \\text{ ...} dropped; dfrac/tfrac as frac, \\frac12 as \\frac{1}{2}, \\sqrt3 as
-  \\sqrt{3}; a leading 0 on ".5"; 0.5 as \\frac{1}{2}; a/b of integers as \\frac{a}{b}; "x = 5"
-  as 5. Ours besides: a trailing "." and surrounding "$" go too, and a \\text{unit} after the
-  value even without its space."""
-  s = answer.replace("\\$", "").strip().strip("$")
-  s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
-  s = s.replace("tfrac", "frac").replace("dfrac", "frac")
-  s = s.replace("\\left", "").replace("\\right", "")
-  s = s.replace("^{\\circ}", "").replace("^\\circ", "")
-  s = s.replace("\\%", "").replace("%", "")
-  if "\\text{ " in s:
-    s = s.split("\\text{ ")[0]  # "5 \text{ cm}": a unit after a space, as Hendrycks et al.
-  s = re.sub(r"(?<=\S)\s*\\(?:text|mbox)\{\s*[a-zA-Z ]*\}$", "", s)
-  s = s.replace(" .", " 0.").replace("{.", "{0.")
-  if s.startswith("."):
-    s = "0" + s
-  if s.count("=") == 1 and len(s.split("=")[0].strip()) <= 2:
-    s = s.split("=")[1]  # "x = 5", "k=5": a short name and its value
-  s = s.replace(" ", "")  # before, unlike Hendrycks et al.: "\sqrt 3" is \sqrt{3}, not \sqrt{}3
-  s = _brace_arguments(s, "\\sqrt", 1)
-  s = _brace_arguments(s, "\\frac", 2)
-  s = s.rstrip(".")
-  if s == "0.5":
-    s = "\\frac{1}{2}"
-  if re.fullmatch(r"-?\d+/\d+", s):
-    numerator, denominator = s.split("/")
-    s = f"\\frac{{{numerator}}}{{{denominator}}}"
-  return s
-
-
-def extract_math_answer(completion: str) -> str | None:
-  """The normalized answer of a MATH completion: what follows "Final Answer: The final answer is"
-  (the Minerva shots' last line) on its line, up to "I hope it is correct", else the last
-  \\boxed{}; None when there is neither, or it is empty."""
-  marker = "Final Answer: The final answer is"
-  if marker in completion:
-    line = completion.split(marker, 1)[1].split("\n", 1)[0]
-    answer = line.split("I hope", 1)[0].strip().rstrip(".").strip()
-  else:
-    answer = last_boxed(completion)
-  if answer is not None and last_boxed(answer) is not None:
-    answer = last_boxed(answer)  # "The final answer is $\\boxed{5}$"
-  if answer is None:
-    return None
-  return normalize_math_answer(answer) or None
-
-
-def majority_vote(answers: Sequence[str | None]) -> str | None:
-  """The most frequent answer (Wang et al. 2022's self-consistency, Minerva's maj1@k). Samples
-  without an answer do not vote; a tie goes to the answer that came first; None if none voted."""
-  counts = collections.Counter(a for a in answers if a is not None)
-  if not counts:
-    return None
-  top = max(counts.values())
-  return next(a for a in answers if a is not None and counts[a] == top)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-  """Chen et al. 2021's unbiased pass@k from n samples of which c passed:
-  1 - C(n-c, k) / C(n, k), as the product 1 - prod_{i=n-c+1}^{n} (1 - k/i), which stays exact
-  where the binomials overflow."""
-  if not 0 <= c <= n or not 1 <= k <= n:
-    raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
-  if n - c < k:
-    return 1.0
-  return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
 # --- scoring ---------------------------------------------------------------------------------
 
 
@@ -536,7 +350,7 @@ def score_final_answer(task: GenerativeTask, items: Sequence[Item],
     logged = {"extracted": extracted, "gold": item.gold,
               "gold_normalized": item.answers[0] if item.answers else None}
     if not item.answers:
-      scored.append((by_subset({"no_gold_answer": 1.0}, item), logged))
+      scored.append((by_subset({"no_gold_answer": 1.0}, item.subset), logged))
       continue
     gold = item.answers[0]
     values = {"exact_match": float(extracted[0] == gold), "no_answer": float(extracted[0] is None),
@@ -546,7 +360,7 @@ def score_final_answer(task: GenerativeTask, items: Sequence[Item],
       values[f"maj1@{len(texts)}"] = float(vote == gold)
       values["no_answer_samples"] = sum(a is None for a in extracted) / len(texts)
       logged["majority"] = vote
-    scored.append((by_subset(values, item), logged))
+    scored.append((by_subset(values, item.subset), logged))
   return scored
 
 
@@ -642,26 +456,27 @@ class GenerativeTask:
     rng = random.Random(seed)
     prompts = []
     for item in items:
-      shots = _draw_shots(self, item, pool, num_fewshot, rng)
+      # The harness's default sampler for a task evaluated on a validation split (its nq_open
+      # and triviaqa): the item is kept out of its own shots.
+      shots = draw_shots(self.name, item, pool, num_fewshot, rng, pool_name=origin,
+                         drops_item=True)
       prompts.append(self.description + "".join(map(self._demonstration, shots)) + item.prompt)
     return prompts, origin
 
   def _demonstration(self, shot: Item) -> str:
     return shot.prompt + self.target_delimiter + shot.target + self.fewshot_delimiter
 
+  def check_files(self, data_dir: Path) -> None:
+    """Reads the evaluated split: a missing or malformed file raises TaskDataError now."""
+    self.items(data_dir)
 
-def _draw_shots(task: GenerativeTask, item: Item, pool: list[Item], num_fewshot: int,
-                rng: random.Random) -> list[Item]:
-  """The harness's default sampler for a task evaluated on a validation split (its nq_open and
-  triviaqa): one item more than needed drawn at random, copies of the item dropped, the first
-  `num_fewshot` kept; if dropping left too few, a redraw from the others."""
-  if len(pool) < num_fewshot + 1:
-    raise TaskDataError(f"{task.name}: num_fewshot={num_fewshot} needs {num_fewshot + 1} items "
-                        f"to draw shots from, but there are {len(pool)}")
-  shots = [s for s in rng.sample(pool, num_fewshot + 1) if not s.same_item(item)]
-  if len(shots) < num_fewshot:
-    shots = rng.sample([s for s in pool if not s.same_item(item)], num_fewshot)
-  return shots[:num_fewshot]
+  def evaluate(self, model: EvalModel, data_dir: Path, settings: EvalSettings) -> GenerativeResult:
+    """The task's completions from the model's generate, scored."""
+    return evaluate_generative(
+        model.generate, self, data_dir, num_fewshot=settings.num_fewshot, limit=settings.limit,
+        num_samples=settings.num_samples, temperature=settings.temperature,
+        max_new_tokens=settings.max_new_tokens, workers=settings.sandbox_workers,
+        timeout_s=settings.sandbox_timeout_s, seed=settings.seed, progress=settings.progress)
 
 
 _NQ = ("https://github.com/google-research-datasets/natural-questions (nq_open/NQ-open.dev.jsonl "
@@ -784,18 +599,6 @@ def get_generative_task(name: str) -> GenerativeTask:
   return GENERATIVE_TASKS[name]
 
 
-def resolve_tasks(names: list[str]) -> list[Task | GenerativeTask]:
-  """Likelihood and generative tasks by name, in the order given (groups expanded), each once."""
-  likelihood = [name for name in names if name not in GENERATIVE_TASKS]
-  if unknown := [name for name in likelihood if name not in TASKS and name not in GROUPS]:
-    raise ValueError(f"unknown tasks {unknown}; likelihood tasks: {', '.join(TASKS)}; groups: "
-                     f"{', '.join(GROUPS)}; generative tasks: {', '.join(GENERATIVE_TASKS)}")
-  tasks = []
-  for name in dict.fromkeys(names):
-    tasks += [GENERATIVE_TASKS[name]] if name in GENERATIVE_TASKS else get_tasks([name])
-  return list({task.name: task for task in tasks}.values())
-
-
 # --- running ---------------------------------------------------------------------------------
 
 
@@ -858,14 +661,10 @@ def evaluate_generative(generate: Generate, task: GenerativeTask | str, data_dir
   _check_completions(completions, prompts, settings.num_samples)
   options = ScoreOptions(ks=task.ks, workers=workers, timeout_s=timeout_s, progress=progress)
   scored = task.score(task, items, completions, options)
-  per_metric: dict[str, list[float]] = {}
-  samples = []
-  for item, prompt, texts, (values, logged) in zip(items, prompts, completions, scored,
-                                                   strict=True):
-    for name, value in values.items():
-      per_metric.setdefault(name, []).append(value)
-    samples.append({"source": item.source, **({"task_id": item.task_id} if item.task_id else {}),
-                    "prompt": prompt, "completions": texts, **logged, **values})
-  metrics = {name: aggregate(values) for name, values in per_metric.items()}
+  samples = [{"source": item.source, **({"task_id": item.task_id} if item.task_id else {}),
+              "prompt": prompt, "completions": texts, **logged, **values}
+             for item, prompt, texts, (values, logged) in zip(items, prompts, completions, scored,
+                                                              strict=True)]
+  metrics = average_metrics([values for values, _ in scored])
   return GenerativeResult(task, num_fewshot, metrics, len(items), samples, settings,
                           fewshot_source)

@@ -1,18 +1,17 @@
-"""Running tasks end to end: prompts, scoring, metrics with standard errors, results."""
+"""What evaluating tasks gives: per-item metrics averaged with standard errors, results.json, and
+the printed table beside the paper's numbers."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
-from llama_jax.eval.scoring import Scorer
-from llama_jax.eval.tasks import FEWSHOT_SEED, Example, Request, Task, with_fewshot
+if TYPE_CHECKING:
+  from llama_jax.eval.registry import Task
 
 
 class Metric(NamedTuple):
@@ -27,13 +26,30 @@ def aggregate(values: Sequence[float]) -> Metric:
   return Metric(float(array.mean()), float(stderr), len(array))
 
 
+def average_metrics(per_item: Sequence[dict[str, float]]) -> dict[str, Metric]:
+  """Each metric averaged over the items that report it, in the order metrics first appear."""
+  values: dict[str, list[float]] = {}
+  for metrics in per_item:
+    for name, value in metrics.items():
+      values.setdefault(name, []).append(value)
+  return {name: aggregate(values[name]) for name in values}
+
+
+def by_subset(values: dict[str, float], subset: str) -> dict[str, float]:
+  """An item's metrics, and for an item of a subset the same again as "metric/subset" (each
+  metric is averaged over the items that report it)."""
+  if not subset:
+    return values
+  return values | {f"{name}/{subset}": value for name, value in values.items()}
+
+
 @dataclasses.dataclass
 class TaskResult:
   task: Task
   num_fewshot: int
   metrics: dict[str, Metric]
   n: int
-  samples: list[dict]  # per item: source, gold, log-likelihoods, metrics
+  samples: list[dict]  # per item: its source, what was scored, its metrics
 
   def as_json(self) -> dict:
     values = {"n": self.n, "num_fewshot": self.num_fewshot}
@@ -43,56 +59,6 @@ class TaskResult:
       if metric.n != self.n:
         values[f"{name}_n"] = metric.n
     return values
-
-
-def _requests(task: Task, example: Example) -> list[Request]:
-  requests = list(example.options)
-  if task.answer_context is not None:
-    requests += [Request(task.answer_context, option.continuation) for option in example.options]
-  return requests
-
-
-def evaluate_task(scorer: Scorer, task: Task, data_dir: Path, *, num_fewshot: int | None = None,
-                  limit: int | None = None, seed: int = FEWSHOT_SEED,
-                  progress: bool = True) -> TaskResult:
-  """Scores the first `limit` items (all by default) of a task's evaluated split."""
-  num_fewshot = task.default_fewshot if num_fewshot is None else num_fewshot
-  examples = task.examples(data_dir)[:limit]
-  if not examples:
-    raise ValueError(f"{task.name}: no items to evaluate in {', '.join(task.files)}")
-  examples = with_fewshot(task, examples, data_dir, num_fewshot, seed)
-  requests, owner = [], []
-  for index, example in enumerate(examples):
-    for request in _requests(task, example):
-      requests.append(request)
-      owner.append(index)
-  remaining = np.bincount(owner, minlength=len(examples))
-  bar = tqdm(total=len(examples), desc=task.name, unit="example", disable=not progress,
-             dynamic_ncols=True)
-
-  def on_done(i: int) -> None:
-    remaining[owner[i]] -= 1
-    if remaining[owner[i]] == 0:
-      bar.update(1)
-
-  with bar:
-    results = scorer.loglikelihood(requests, on_done=on_done)
-  samples, per_metric = [], {}
-  start = 0
-  for example in examples:
-    count = len(example.options)
-    lls = [ll for ll, _ in results[start:start + count]]
-    answer_lls = None
-    if task.answer_context is not None:
-      answer_lls = [ll for ll, _ in results[start + count:start + 2 * count]]
-    start += count * (2 if task.answer_context is not None else 1)
-    values = task.score(task, example, lls, answer_lls)
-    for name, value in values.items():
-      per_metric.setdefault(name, []).append(value)
-    samples.append({"source": example.source, "gold": example.gold, "loglikelihoods": lls,
-                    **({"answer_loglikelihoods": answer_lls} if answer_lls else {}), **values})
-  metrics = {name: aggregate(values) for name, values in per_metric.items()}
-  return TaskResult(task, num_fewshot, metrics, len(examples), samples)
 
 
 def results_json(results: Sequence[TaskResult], settings: dict) -> dict:

@@ -34,9 +34,9 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm import tqdm
 
-from llama_jax.convert import load_model
 from llama_jax.eval.scoring import Scorer
 from llama_jax.generate import GenerationSettings, Generator
+from llama_jax.inference import load_model
 from llama_jax.sharding import MESH_AXES
 
 MODEL_ARGS = ("ckpt", "tokenizer", "dtype", "batch_size", "mesh", "seed")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_jax.eval.generative import GenerativeTask, evaluate_generative, resolve_tasks
-from llama_jax.eval.harness import evaluate_task
+from llama_jax.eval.registry import EvalModel, EvalSettings, resolve_tasks
 from llama_jax.eval.scoring import Scorer
 from llama_jax.generate import Generator
 from llama_jax.model import ModelConfig
@@ -29,16 +28,16 @@ class PeriodicEvaluation:
     self.config = eval_config
     data_dir = Path(eval_config.data_dir)
     for task in self.tasks:  # a missing or malformed file stops the run now, not hours later
-      if isinstance(task, GenerativeTask):
-        task.items(data_dir)
-      else:
-        task.examples(data_dir)
+      task.check_files(data_dir)
     tokenizer = Tokenizer(tokenizer_file)
     if tokenizer.vocab_size > model_config.vocab_size:
       raise ValueError(f"data.tokenizer {tokenizer_file} has {tokenizer.vocab_size} pieces but "
                        f"model.vocab_size is {model_config.vocab_size}")
     model = (model_config, abstract_params, tokenizer, mesh_rules, eval_config.batch_size)
     self.scorer, self.generator = Scorer(*model), Generator(*model)
+    self.eval_model = EvalModel(self.scorer, self.generator.generate)
+    self.eval_settings = EvalSettings(num_fewshot=eval_config.num_fewshot,
+                                      limit=eval_config.limit, progress=False)
 
   def due(self, step: int, last_step: int) -> bool:
     return step % self.config.every_steps == 0 or step == last_step
@@ -46,15 +45,7 @@ class PeriodicEvaluation:
   def __call__(self, params) -> dict[str, float]:
     """{"eval/TASK/METRIC": value} for the parameters given."""
     self.scorer.params = self.generator.params = params
-    data_dir, config = Path(self.config.data_dir), self.config
-    results = []
-    for task in self.tasks:
-      if isinstance(task, GenerativeTask):
-        results.append(evaluate_generative(self.generator.generate, task, data_dir,
-                                           num_fewshot=config.num_fewshot, limit=config.limit,
-                                           progress=False))
-      else:
-        results.append(evaluate_task(self.scorer, task, data_dir, num_fewshot=config.num_fewshot,
-                                     limit=config.limit, progress=False))
+    data_dir = Path(self.config.data_dir)
+    results = [task.evaluate(self.eval_model, data_dir, self.eval_settings) for task in self.tasks]
     return {f"eval/{r.task.name}/{name}": metric.mean for r in results
             for name, metric in r.metrics.items()}

@@ -36,24 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llama_jax.convert import LoadedModel, load_model
-from llama_jax.eval.tasks import Request
-from llama_jax.model import ModelConfig, abstract_model
-from llama_jax.sharding import TOKENS, MeshRules, activation_sharding, batch_ways, host_rows
+from llama_jax.eval.likelihood import Request
+from llama_jax.inference import InferenceModel, bucket_lengths, load_model
+from llama_jax.sharding import TOKENS, activation_sharding, host_rows
 from llama_jax.tokenizer import Tokenizer
-
-MIN_BUCKET = 32
-
-
-def bucket_lengths(context_length: int) -> list[int]:
-  """The padded lengths rows are scored (and prompts generated) at: powers of two from 32 and
-  1.5 times each (32, 48, 64, 96, ...: at most a third of a row is padding), and the context
-  length."""
-  lengths, length = [], MIN_BUCKET
-  while length < context_length:
-    lengths += [n for n in (length, length * 3 // 2) if n < context_length]
-    length *= 2
-  return lengths + [context_length]
 
 
 def scored_positions(rows: int, count: int) -> int:
@@ -153,22 +139,11 @@ def _score_hidden(graphdef: nnx.GraphDef, rows: int, params: nnx.State, hidden: 
   return target_logits - normaliser, target_logits == largest
 
 
-@dataclasses.dataclass
-class Scorer:
+class Scorer(InferenceModel):
   """A model, its tokenizer and a mesh: log-likelihoods of (context, continuation) pairs."""
 
-  model_config: ModelConfig
-  params: nnx.State  # placed with the shardings of `mesh_rules`
-  tokenizer: Tokenizer
-  mesh_rules: MeshRules
-  batch_size: int = 16  # rows per call; rounded up to a multiple of the mesh's batch ways
-  description: str = ""  # what was loaded, for results.json
-
   def __post_init__(self):
-    mesh = self.mesh_rules.mesh
-    ways = batch_ways(mesh)
-    self.batch_size = -(-self.batch_size // ways) * ways
-    self.graphdef = nnx.graphdef(abstract_model(self.model_config))
+    super().__post_init__()
     rows, per_row = self.mesh_rules.sharding(TOKENS), self.mesh_rules.sharding(("batch",))
     flat = self.mesh_rules.sharding(("batch", None))
     params = jax.tree.map(lambda x: x.sharding, self.params)
@@ -188,11 +163,6 @@ class Scorer:
     # inputs, positions, segments, the flat positions scored, their targets
     self._shardings = (rows, rows, rows, per_row, per_row)
     self.compiled_shapes: set[tuple[int, int]] = set()  # (length, scored positions) used so far
-
-  @classmethod
-  def from_loaded(cls, loaded: LoadedModel, batch_size: int = 16) -> Scorer:
-    return cls(loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
-               batch_size, loaded.description)
 
   @property
   def max_length(self) -> int:

@@ -29,17 +29,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from llama_jax.convert import LoadedModel, load_model
-from llama_jax.eval.scoring import bucket_lengths
-from llama_jax.model import KVCache, ModelConfig, abstract_model, empty_cache
-from llama_jax.sharding import (
-    KV_CACHE,
-    TOKENS,
-    MeshRules,
-    activation_sharding,
-    batch_ways,
-    host_rows,
-)
+from llama_jax.inference import InferenceModel, bucket_lengths, load_model
+from llama_jax.model import KVCache, empty_cache
+from llama_jax.sharding import KV_CACHE, TOKENS, activation_sharding, host_rows
 from llama_jax.tokenizer import Tokenizer
 
 CHUNK = 16  # decode steps per jitted call: one host check for EOS / stop sequences per chunk
@@ -194,21 +186,13 @@ class _Row:
 
 
 @dataclasses.dataclass
-class Generator:
+class Generator(InferenceModel):
   """A model, its tokenizer and a mesh: continuations of prompts."""
 
-  model_config: ModelConfig
-  params: nnx.State  # placed with the shardings of `mesh_rules`
-  tokenizer: Tokenizer
-  mesh_rules: MeshRules
-  batch_size: int = 16  # rows per call; rounded up to a multiple of the mesh's batch ways
-  description: str = ""
   truncated_prompts: int = 0  # prompts cut on the left to leave room for max_new_tokens
 
   def __post_init__(self):
-    ways = batch_ways(self.mesh_rules.mesh)
-    self.batch_size = -(-self.batch_size // ways) * ways
-    self.graphdef = nnx.graphdef(abstract_model(self.model_config))
+    super().__post_init__()
     rules = self.mesh_rules
     rows, cache = rules.sharding(TOKENS), rules.sharding(KV_CACHE)
     row = rules.sharding(TOKENS[:1])
@@ -222,11 +206,6 @@ class Generator:
                            in_shardings=(params, cache, row, replicated, row, row, replicated,
                                          replicated),
                            out_shardings=(rows, cache), donate_argnums=(3,))
-
-  @classmethod
-  def from_loaded(cls, loaded: LoadedModel, batch_size: int = 16) -> Generator:
-    return cls(loaded.model_config, loaded.params, loaded.tokenizer, loaded.mesh_rules,
-               batch_size, loaded.description)
 
   def _call(self, function: Callable, *args):
     with activation_sharding(self.mesh_rules):
@@ -264,7 +243,7 @@ class Generator:
 
   def _generate_batch(self, batch: list[tuple[int, int, list[int]]], settings: GenerationSettings,
                       seed: int, limit: int) -> list[Completion]:
-    # Prompts are padded to scoring's lengths (32, 64, ...) up to `limit`: few compilations.
+    # Prompts are padded to scoring's lengths (32, 48, 64, ...) up to `limit`: few compilations.
     length = next(b for b in bucket_lengths(limit) if b >= len(batch[0][2]))
     steps = -(-(settings.max_new_tokens - 1) // CHUNK) * CHUNK  # decode steps after the prefill
     tokens = np.zeros((self.batch_size, length), np.int32)
@@ -307,5 +286,5 @@ class Generator:
 
 
 def load_generator(ckpt: str | Path, *, batch_size: int = 16, **load_args) -> Generator:
-  """A Generator for any checkpoint `llama_jax.convert.load_model` reads."""
+  """A Generator for any checkpoint `llama_jax.inference.load_model` reads."""
   return Generator.from_loaded(load_model(ckpt, **load_args), batch_size)

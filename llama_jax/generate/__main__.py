@@ -12,8 +12,8 @@ from absl import app, flags
 
 from llama_jax import distributed
 from llama_jax.config import enable_compilation_cache
-from llama_jax.convert import define_model_flags
 from llama_jax.generate import GenerationSettings, Generator
+from llama_jax.inference import define_model_flags
 
 # --- command line ----------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ lm-evaluation-harness 0.4.13 (the task file named beside each task here); tests 
 harness's own requests from the same items and compare them string for string.
 
 Files are looked up under `--data_dir`, in the directory and with the names of each benchmark's
-release (`Task.files`); a missing file raises `TaskDataError` saying where the benchmark is
-published and where to put it, and a malformed one names the file, line and field.
+release (`LikelihoodTask.files`); a missing file raises `TaskDataError` saying where the benchmark
+is published and where to put it, and a malformed one names the file, line and field.
 
 Some tasks run several of the harness's tasks at once (MMLU's 57 subjects, WinoGender's pronoun
 genders, CrowS-Pairs' bias types): their items carry a `subset`, shots come from the same subset,
@@ -16,22 +16,32 @@ and every metric is also reported per subset ("acc/anatomy"). `GROUPS` names set
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
-import json
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm import tqdm
 
-FEWSHOT_SEED = 1234  # lm-evaluation-harness's default fewshot_random_seed
+from llama_jax.eval.fewshot import FEWSHOT_SEED, draw_shots
+from llama_jax.eval.harness import TaskResult, average_metrics, by_subset
+from llama_jax.eval.readers import (
+  TaskDataError,
+  field,
+  read_json_array,
+  read_jsonl,
+  read_labels,
+  read_table,
+  require_file,
+  strings,
+)
 
-
-class TaskDataError(ValueError):
-  """A benchmark file is missing or malformed; the message names the file, line and field."""
+if TYPE_CHECKING:
+  from llama_jax.eval.registry import EvalModel, EvalSettings
+  from llama_jax.eval.scoring import Scorer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,145 +91,7 @@ def multiple_choice(source: str, query: str, choices: Sequence[str], gold: int,
                  option_texts=tuple(choices), source=source, subset=subset)
 
 
-# --- reading released files ------------------------------------------------------------------
-
-
-def require_file(task: Task, data_dir: Path, relative: str) -> Path:
-  """data_dir/relative, which must exist: a file, or a directory where `relative` ends in "/"."""
-  path = Path(data_dir) / relative
-  directory = relative.endswith("/")
-  if not (path.is_dir() if directory else path.is_file()):
-    what = f"{path.name}/ directory" if directory else path.name
-    raise TaskDataError(
-        f"{task.name}: {path} not found. {task.title} is published at {task.published}; "
-        f"put its {what} at {path} (--data_dir={data_dir})")
-  return path
-
-
-def _json_object(record, source: str) -> dict:
-  if not isinstance(record, dict):
-    raise TaskDataError(f"{source}: expected a JSON object, got {type(record).__name__}")
-  return record
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-  """("file:line", object) for each non-empty line of a JSON-lines file, gzipped or not."""
-  opener = gzip.open if path.suffix == ".gz" else open
-  try:
-    with opener(path, "rt", encoding="utf-8") as f:
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        source = f"{path}:{number}"
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as error:
-          raise TaskDataError(f"{source}: not valid JSON ({error})") from None
-        yield source, _json_object(record, source)
-  except (OSError, EOFError, UnicodeDecodeError) as error:  # a truncated or non-gzip file
-    raise TaskDataError(f"{path}: cannot be read ({error})") from None
-
-
-def read_json_array(path: Path, key: str | None = None) -> Iterator[tuple[str, dict]]:
-  """("file:line", object) for each object of a JSON file holding one array of objects, or
-  (with `key`) one object whose `key` holds it, as TriviaQA's {"Data": [...]}."""
-  text = path.read_text(encoding="utf-8")
-  try:
-    document = json.loads(text)
-  except json.JSONDecodeError as error:
-    raise TaskDataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-  if key is None:
-    items = document
-  else:
-    items = document.get(key) if isinstance(document, dict) else None
-  if not isinstance(items, list):
-    expected = f"object with an array {key!r}" if key else "array of objects"
-    raise TaskDataError(f"{path}:1: expected a JSON {expected}, got {type(document).__name__}")
-  # Decoded again item by item, to know the line each one starts on.
-  decoder, space = json.JSONDecoder(), re.compile(r"[\s,:]*")
-  if key is None:
-    position = text.index("[") + 1
-  else:  # the top-level keys are walked to where `key`'s array starts
-    position = text.index("{") + 1
-    while True:
-      name, position = decoder.raw_decode(text, space.match(text, position).end())
-      position = space.match(text, position).end()
-      if name == key:
-        break
-      _, position = decoder.raw_decode(text, position)
-    position += 1  # past the array's "["
-  line = text.count("\n", 0, position) + 1
-  for index in range(len(items)):
-    start = space.match(text, position).end()
-    line += text.count("\n", position, start)
-    record, position = decoder.raw_decode(text, start)
-    # Under a key, the item's index too: such files are often one line (TriviaQA's train).
-    source = f"{path}:{line}" + (f" ({key}[{index}])" if key else "")
-    yield source, _json_object(record, source)
-    line += text.count("\n", start, position)
-
-
-def read_table(path: Path, columns: Sequence[str], *, header: bool,
-               delimiter: str = ",") -> Iterator[tuple[str, dict[str, str]]]:
-  """("file:line", {column: value}) for each row of a CSV file (of a TSV file, unquoted, with
-  delimiter="\\t"), checked for its number of fields; a header line is skipped."""
-  quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-  with open(path, encoding="utf-8", newline="") as f:
-    reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-    start = 1
-    try:
-      for index, row in enumerate(reader):
-        source, start = f"{path}:{start}", reader.line_num + 1  # rows may span lines
-        if not row or (header and index == 0):
-          continue
-        if len(row) != len(columns):
-          missing = f"; field {columns[len(row)]!r} is missing" if len(row) < len(columns) else ""
-          raise TaskDataError(f"{source}: {len(row)} fields where {len(columns)} are expected "
-                              f"({', '.join(columns)}){missing}")
-        yield source, dict(zip(columns, row, strict=True))
-    except csv.Error as error:
-      raise TaskDataError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
-
-
-def field(record: dict, name: str, source: str, kind: type | tuple[type, ...] = str):
-  """record[name], checked for presence and type. `name` may be dotted ("question.stem")."""
-  value = record
-  for part in name.split("."):
-    if not isinstance(value, dict) or part not in value:
-      raise TaskDataError(f"{source}: field {name!r} is missing")
-    value = value[part]
-  if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-    expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-    raise TaskDataError(f"{source}: field {name!r} should be {expected}, got {value!r}")
-  return value
-
-
-def strings(record: dict, name: str, source: str, count: int | None = None) -> list[str]:
-  """record[name] checked to be a list of strings (of `count` of them, if given)."""
-  values = field(record, name, source, list)
-  if not all(isinstance(v, str) for v in values) or count not in (None, len(values)):
-    expected = f"{count} strings" if count is not None else "a list of strings"
-    raise TaskDataError(f"{source}: field {name!r} should be {expected}, got {values!r}")
-  return values
-
-
-def read_labels(path: Path, count: int, allowed: Sequence[str]) -> list[str]:
-  """A labels file (one label per line, parallel to a JSONL file of `count` items)."""
-  labels = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      label = line.strip()
-      if label not in allowed:
-        raise TaskDataError(f"{path}:{number}: label {label!r} is not one of {list(allowed)}")
-      labels.append(label)
-  if len(labels) != count:
-    raise TaskDataError(f"{path}:{min(len(labels), count) + 1}: {len(labels)} labels for {count} "
-                        "items; a labels file has one label per line, one for each item of its "
-                        "JSONL file")
-  return labels
-
-
-def _labelled_records(task: Task, data_dir: Path, files: tuple[str, ...],
+def _labelled_records(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...],
                       allowed: Sequence[str]) -> list[tuple[str, dict, int]]:
   """(source, record, answer index) for a JSONL file and its labels file: label `allowed[i]`
   means answer i."""
@@ -232,15 +104,7 @@ def _labelled_records(task: Task, data_dir: Path, files: tuple[str, ...],
 # --- scoring ---------------------------------------------------------------------------------
 
 
-def by_subset(values: dict[str, float], example: Example) -> dict[str, float]:
-  """The item's metrics, and for an item of a subset the same again as "metric/subset" (each
-  metric is averaged over the items that report it)."""
-  if not example.subset:
-    return values
-  return values | {f"{name}/{example.subset}": value for name, value in values.items()}
-
-
-def score_example(task: Task, example: Example, loglikelihoods: Sequence[float],
+def score_example(task: LikelihoodTask, example: Example, loglikelihoods: Sequence[float],
                   answer_loglikelihoods: Sequence[float] | None = None) -> dict[str, float]:
   """The task's per-item metrics from its options' log-likelihoods, as the harness's
   multiple-choice `process_results` (argmax; ties go to the first option)."""
@@ -254,19 +118,19 @@ def score_example(task: Task, example: Example, loglikelihoods: Sequence[float],
   if answer_loglikelihoods is not None:
     conditional = lls - np.asarray(answer_loglikelihoods, np.float64)
     values["acc_answer_norm"] = float(np.argmax(conditional) == example.gold)
-  return by_subset(values, example)
+  return by_subset(values, example.subset)
 
 
-def score_crows_pairs(task: Task, example: Example, loglikelihoods: Sequence[float],
+def score_crows_pairs(task: LikelihoodTask, example: Example, loglikelihoods: Sequence[float],
                       answer_loglikelihoods: Sequence[float] | None = None) -> dict[str, float]:
   """As the harness's crows_pairs process_results: how far apart the two sentences'
   log-likelihoods are, and whether the more stereotypical one (sent_more) is the likelier."""
   more, less = loglikelihoods
   return by_subset({"likelihood_diff": abs(more - less), "pct_stereotype": float(more > less)},
-                   example)
+                   example.subset)
 
 
-def score_truthfulqa_mc2(task: Task, example: Example, loglikelihoods: Sequence[float],
+def score_truthfulqa_mc2(task: LikelihoodTask, example: Example, loglikelihoods: Sequence[float],
                          answer_loglikelihoods: Sequence[float] | None = None) -> dict[str, float]:
   """As the harness's process_results_mc2: the probability mass of the true answers, the
   options' probabilities normalized to sum to one."""
@@ -279,8 +143,12 @@ def score_truthfulqa_mc2(task: Task, example: Example, loglikelihoods: Sequence[
 # --- tasks -----------------------------------------------------------------------------------
 
 
+# Reads a task's files (those of its evaluated split, or of its few-shot split) into Examples.
+Reader = Callable[["LikelihoodTask", Path, tuple[str, ...]], list[Example]]
+
+
 @dataclasses.dataclass(frozen=True)
-class Task:
+class LikelihoodTask:
   """A benchmark: where its files are, how items become Examples, and how they are scored."""
 
   name: str
@@ -288,7 +156,7 @@ class Task:
   published: str  # where the released files come from, for "file not found" messages
   harness_task: str | None  # the lm-evaluation-harness task whose prompts these are
   files: tuple[str, ...]  # the evaluated split's files, relative to --data_dir
-  read: Callable[[Task, Path, tuple[str, ...]], list[Example]]
+  read: Reader
   fewshot_files: tuple[str, ...] = ()  # the split few-shot shots are drawn from
   default_fewshot: int = 0  # the paper's setting
   fewshot_sampler: str = "random"  # "random" (the harness's default) or "first_n" (MMLU)
@@ -327,14 +195,24 @@ class Task:
       return self.description(example.subset)
     return self.description
 
+  def check_files(self, data_dir: Path) -> None:
+    """Reads the evaluated split: a missing or malformed file raises TaskDataError now."""
+    self.examples(data_dir)
 
-def _read_piqa(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+  def evaluate(self, model: EvalModel, data_dir: Path, settings: EvalSettings) -> TaskResult:
+    """The task scored with the model's log-likelihoods (settings for generation go unused)."""
+    return evaluate_likelihood(model.scorer, self, data_dir, num_fewshot=settings.num_fewshot,
+                               limit=settings.limit, seed=settings.seed,
+                               progress=settings.progress)
+
+
+def _read_piqa(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   return [multiple_choice(source, f"Question: {field(r, 'goal', source)}\nAnswer:",
                           [field(r, "sol1", source), field(r, "sol2", source)], gold)
           for source, r, gold in _labelled_records(task, data_dir, files, ("0", "1"))]
 
 
-def _read_siqa(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_siqa(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   return [multiple_choice(source, f"Q: {field(r, 'context', source)} "
                           f"{field(r, 'question', source)}\nA:",
                           [field(r, f"answer{letter}", source) for letter in "ABC"], gold)
@@ -348,7 +226,7 @@ def _hellaswag_preprocess(text: str) -> str:
   return text.replace("  ", " ")
 
 
-def _read_hellaswag(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_hellaswag(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   examples = []
   for source, r in read_jsonl(require_file(task, data_dir, files[0])):
     context = field(r, "ctx_a", source) + " " + field(r, "ctx_b", source).capitalize()
@@ -376,18 +254,18 @@ def _lettered_choices(r: dict, source: str) -> tuple[list[str], int]:
   return [choice["text"] for choice in choices], labels.index(key)
 
 
-def _read_arc(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_arc(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   return [multiple_choice(source, f"Question: {field(r, 'question.stem', source)}\nAnswer:",
                           *_lettered_choices(r, source))
           for source, r in read_jsonl(require_file(task, data_dir, files[0]))]
 
 
-def _read_openbookqa(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_openbookqa(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   return [multiple_choice(source, field(r, "question.stem", source), *_lettered_choices(r, source))
           for source, r in read_jsonl(require_file(task, data_dir, files[0]))]
 
 
-def _read_winogrande(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_winogrande(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   """Partial scoring (Trinh & Le 2018, as the harness): each option fills the blank and is part
   of the context; the shared rest of the sentence is the continuation scored."""
   examples = []
@@ -406,7 +284,7 @@ def _read_winogrande(task: Task, data_dir: Path, files: tuple[str, ...]) -> list
   return examples
 
 
-def _read_boolq(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_boolq(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   return [multiple_choice(source, f"{field(r, 'passage', source)}\nQuestion: "
                           f"{field(r, 'question', source)}?\nAnswer:", ["no", "yes"],
                           int(field(r, "answer", source, bool)))
@@ -416,7 +294,7 @@ def _read_boolq(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Exam
 _LETTERS = ("A", "B", "C", "D")
 
 
-def _read_race(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_race(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   """One item per article (file), as the harness's race (its EleutherAI/race documents): the
   article's last question, after the article and its other questions answered."""
   directory = require_file(task, data_dir, files[0])
@@ -477,7 +355,7 @@ def _mmlu_description(subject: str) -> str:
           f"{subject.replace('_', ' ')}.\n\n")
 
 
-def _read_mmlu(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_mmlu(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   """Every subject's items, in the order of `files` ("<subject>_<split>.csv")."""
   examples = []
   for relative in files:
@@ -498,7 +376,8 @@ _CROWS_PAIRS_COLUMNS = ("", "sent_more", "sent_less", "stereo_antistereo", "bias
                         "annotations", "anon_writer", "anon_annotators")
 
 
-def _read_crows_pairs(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_crows_pairs(task: LikelihoodTask, data_dir: Path,
+                      files: tuple[str, ...]) -> list[Example]:
   """Each pair as the harness's crows_pairs_english: both sentences scored whole (empty
   context); "gold" is the more stereotypical one, sent_more."""
   examples = []
@@ -520,7 +399,7 @@ _WINOGENDER_PRONOUNS = {  # each template's placeholder, by the gender of the se
 }
 
 
-def _read_winogender(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+def _read_winogender(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
   """Which of occupation and participant (or "someone") the pronoun refers to, as the harness's
   winogender tasks; sentence ids are "occupation.participant.answer.gender.txt" (answer 0: the
   occupation), and the pronoun is the one its template (occupation, answer) has for the gender."""
@@ -571,10 +450,10 @@ _TRUTHFULQA_PRIMER = (  # the fixed six question-answer pairs before each questi
     "A: The 1992 Olympics were held in Barcelona, Spain.")
 
 
-def _truthfulqa_reader(targets: str) -> Callable[[Task, Path, tuple[str, ...]], list[Example]]:
+def _truthfulqa_reader(targets: str) -> Reader:
   """Reads mc_task.json's `targets` ("mc1_targets" or "mc2_targets": {answer: 1 if true})."""
 
-  def read(task: Task, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
+  def read(task: LikelihoodTask, data_dir: Path, files: tuple[str, ...]) -> list[Example]:
     examples = []
     for source, r in read_json_array(require_file(task, data_dir, files[0])):
       answers = field(r, targets, source, dict)
@@ -601,64 +480,78 @@ _RACE = "https://www.cs.cmu.edu/~glai1/data/race/ (RACE.tar.gz)"
 _TRUTHFULQA = "https://github.com/sylinrl/TruthfulQA (data/mc_task.json)"
 _TRUTHFULQA_FILES = ("TruthfulQA/data/mc_task.json",)
 
-TASKS: dict[str, Task] = {task.name: task for task in (
-    Task("boolq", "BoolQ", "https://github.com/google-research-datasets/boolean-questions "
-         "(gs://boolq/dev.jsonl)", "boolq", ("boolq/dev.jsonl",), _read_boolq,
-         fewshot_files=("boolq/train.jsonl",), fewshot_drops_item=True, metrics=("acc",),
-         answer_context="Answer:", paper_metric="acc_answer_norm", paper_7b=76.5),
-    Task("piqa", "PIQA", _PIQA, "piqa", ("piqa/valid.jsonl", "piqa/valid-labels.lst"), _read_piqa,
-         fewshot_files=("piqa/train.jsonl", "piqa/train-labels.lst"), fewshot_drops_item=True,
-         paper_7b=79.8),
-    Task("siqa", "Social IQa", "https://leaderboard.allenai.org/socialiqa "
-         "(socialiqa-train-dev.zip)", "social_iqa",
-         ("socialiqa-train-dev/dev.jsonl", "socialiqa-train-dev/dev-labels.lst"), _read_siqa,
-         fewshot_files=("socialiqa-train-dev/train.jsonl", "socialiqa-train-dev/train-labels.lst"),
-         fewshot_drops_item=True, paper_7b=48.9),
-    Task("hellaswag", "HellaSwag", "https://github.com/rowanz/hellaswag (data/)", "hellaswag",
-         ("hellaswag/hellaswag_val.jsonl",), _read_hellaswag,
-         fewshot_files=("hellaswag/hellaswag_train.jsonl",), fewshot_drops_item=True,
-         paper_7b=76.1),
-    Task("winogrande", "WinoGrande", "https://winogrande.allenai.org (winogrande_1.1.zip)",
-         "winogrande", ("winogrande/dev.jsonl",), _read_winogrande,
-         fewshot_files=("winogrande/train_xl.jsonl",), fewshot_drops_item=True, metrics=("acc",),
-         paper_metric="acc", paper_7b=70.1),
-    Task("arc_easy", "ARC-e", _ARC, "arc_easy", ("ARC-V1-Feb2018/ARC-Easy/ARC-Easy-Test.jsonl",),
-         _read_arc, fewshot_files=("ARC-V1-Feb2018/ARC-Easy/ARC-Easy-Train.jsonl",),
-         paper_7b=72.8),
-    Task("arc_challenge", "ARC-c", _ARC, "arc_challenge",
-         ("ARC-V1-Feb2018/ARC-Challenge/ARC-Challenge-Test.jsonl",), _read_arc,
-         fewshot_files=("ARC-V1-Feb2018/ARC-Challenge/ARC-Challenge-Train.jsonl",),
-         paper_7b=47.6),
-    Task("openbookqa", "OpenBookQA", "https://allenai.org/data/open-book-qa "
-         "(OpenBookQA-V1-Sep2018.zip)", "openbookqa",
-         ("OpenBookQA-V1-Sep2018/Data/Main/test.jsonl",), _read_openbookqa,
-         fewshot_files=("OpenBookQA-V1-Sep2018/Data/Main/train.jsonl",), answer_context="Answer:",
-         paper_metric="acc_answer_norm", paper_7b=57.2),
+TASKS: dict[str, LikelihoodTask] = {task.name: task for task in (
+    LikelihoodTask(
+        "boolq", "BoolQ", "https://github.com/google-research-datasets/boolean-questions "
+        "(gs://boolq/dev.jsonl)", "boolq", ("boolq/dev.jsonl",), _read_boolq,
+        fewshot_files=("boolq/train.jsonl",), fewshot_drops_item=True, metrics=("acc",),
+        answer_context="Answer:", paper_metric="acc_answer_norm", paper_7b=76.5),
+    LikelihoodTask(
+        "piqa", "PIQA", _PIQA, "piqa", ("piqa/valid.jsonl", "piqa/valid-labels.lst"), _read_piqa,
+        fewshot_files=("piqa/train.jsonl", "piqa/train-labels.lst"), fewshot_drops_item=True,
+        paper_7b=79.8),
+    LikelihoodTask(
+        "siqa", "Social IQa", "https://leaderboard.allenai.org/socialiqa "
+        "(socialiqa-train-dev.zip)", "social_iqa",
+        ("socialiqa-train-dev/dev.jsonl", "socialiqa-train-dev/dev-labels.lst"), _read_siqa,
+        fewshot_files=("socialiqa-train-dev/train.jsonl", "socialiqa-train-dev/train-labels.lst"),
+        fewshot_drops_item=True, paper_7b=48.9),
+    LikelihoodTask(
+        "hellaswag", "HellaSwag", "https://github.com/rowanz/hellaswag (data/)", "hellaswag",
+        ("hellaswag/hellaswag_val.jsonl",), _read_hellaswag,
+        fewshot_files=("hellaswag/hellaswag_train.jsonl",), fewshot_drops_item=True,
+        paper_7b=76.1),
+    LikelihoodTask(
+        "winogrande", "WinoGrande", "https://winogrande.allenai.org (winogrande_1.1.zip)",
+        "winogrande", ("winogrande/dev.jsonl",), _read_winogrande,
+        fewshot_files=("winogrande/train_xl.jsonl",), fewshot_drops_item=True, metrics=("acc",),
+        paper_metric="acc", paper_7b=70.1),
+    LikelihoodTask(
+        "arc_easy", "ARC-e", _ARC, "arc_easy", ("ARC-V1-Feb2018/ARC-Easy/ARC-Easy-Test.jsonl",),
+        _read_arc, fewshot_files=("ARC-V1-Feb2018/ARC-Easy/ARC-Easy-Train.jsonl",),
+        paper_7b=72.8),
+    LikelihoodTask(
+        "arc_challenge", "ARC-c", _ARC, "arc_challenge",
+        ("ARC-V1-Feb2018/ARC-Challenge/ARC-Challenge-Test.jsonl",), _read_arc,
+        fewshot_files=("ARC-V1-Feb2018/ARC-Challenge/ARC-Challenge-Train.jsonl",),
+        paper_7b=47.6),
+    LikelihoodTask(
+        "openbookqa", "OpenBookQA", "https://allenai.org/data/open-book-qa "
+        "(OpenBookQA-V1-Sep2018.zip)", "openbookqa",
+        ("OpenBookQA-V1-Sep2018/Data/Main/test.jsonl",), _read_openbookqa,
+        fewshot_files=("OpenBookQA-V1-Sep2018/Data/Main/train.jsonl",), answer_context="Answer:",
+        paper_metric="acc_answer_norm", paper_7b=57.2),
     # The harness's race (RACE-high) has only a test split, so it draws shots from it.
-    *(Task(f"race_{level}", f"RACE-{level}", _RACE, "race", (f"RACE/test/{level}/",), _read_race,
-           fewshot_files=(f"RACE/test/{level}/",)) for level in ("middle", "high")),
+    *(LikelihoodTask(f"race_{level}", f"RACE-{level}", _RACE, "race", (f"RACE/test/{level}/",),
+                     _read_race, fewshot_files=(f"RACE/test/{level}/",))
+      for level in ("middle", "high")),
     # acc over all items: the harness's mmlu group, its subjects weighted by their sizes.
-    Task("mmlu", "MMLU", "https://github.com/hendrycks/test "
-         "(https://people.eecs.berkeley.edu/~hendrycks/data.tar, unpacked in mmlu/)",
-         "mmlu", tuple(f"mmlu/data/test/{s}_test.csv" for s in MMLU_SUBJECTS),
-         _read_mmlu, fewshot_files=tuple(f"mmlu/data/dev/{s}_dev.csv" for s in MMLU_SUBJECTS),
-         default_fewshot=5, fewshot_sampler="first_n", description=_mmlu_description,
-         metrics=("acc",), paper_metric="acc"),
-    Task("crows_pairs", "CrowS-Pairs", "https://github.com/nyu-mll/crows-pairs "
-         "(data/crows_pairs_anonymized.csv)", "crows_pairs_english",
-         ("crows-pairs/data/crows_pairs_anonymized.csv",), _read_crows_pairs,
-         metrics=("likelihood_diff", "pct_stereotype"), paper_metric="pct_stereotype",
-         score=score_crows_pairs),
-    Task("winogender", "WinoGender", "https://github.com/rudinger/winogender-schemas (data/)",
-         "winogender_all", ("winogender-schemas/data/all_sentences.tsv",
-                            "winogender-schemas/data/templates.tsv"), _read_winogender,
-         metrics=("acc",), paper_metric="acc"),
+    LikelihoodTask(
+        "mmlu", "MMLU", "https://github.com/hendrycks/test "
+        "(https://people.eecs.berkeley.edu/~hendrycks/data.tar, unpacked in mmlu/)",
+        "mmlu", tuple(f"mmlu/data/test/{s}_test.csv" for s in MMLU_SUBJECTS),
+        _read_mmlu, fewshot_files=tuple(f"mmlu/data/dev/{s}_dev.csv" for s in MMLU_SUBJECTS),
+        default_fewshot=5, fewshot_sampler="first_n", description=_mmlu_description,
+        metrics=("acc",), paper_metric="acc"),
+    LikelihoodTask(
+        "crows_pairs", "CrowS-Pairs", "https://github.com/nyu-mll/crows-pairs "
+        "(data/crows_pairs_anonymized.csv)", "crows_pairs_english",
+        ("crows-pairs/data/crows_pairs_anonymized.csv",), _read_crows_pairs,
+        metrics=("likelihood_diff", "pct_stereotype"), paper_metric="pct_stereotype",
+        score=score_crows_pairs),
+    LikelihoodTask(
+        "winogender", "WinoGender", "https://github.com/rudinger/winogender-schemas (data/)",
+        "winogender_all", ("winogender-schemas/data/all_sentences.tsv",
+                           "winogender-schemas/data/templates.tsv"), _read_winogender,
+        metrics=("acc",), paper_metric="acc"),
     # The harness fixes both at zero shots: the primer is their shots.
-    Task("truthfulqa_mc1", "TruthfulQA (MC1)", _TRUTHFULQA, "truthfulqa_mc1", _TRUTHFULQA_FILES,
-         _truthfulqa_reader("mc1_targets"), metrics=("acc",), paper_metric="acc"),
-    Task("truthfulqa_mc2", "TruthfulQA (MC2)", _TRUTHFULQA, "truthfulqa_mc2", _TRUTHFULQA_FILES,
-         _truthfulqa_reader("mc2_targets"), metrics=("acc",), paper_metric="acc",
-         score=score_truthfulqa_mc2),
+    LikelihoodTask(
+        "truthfulqa_mc1", "TruthfulQA (MC1)", _TRUTHFULQA, "truthfulqa_mc1", _TRUTHFULQA_FILES,
+        _truthfulqa_reader("mc1_targets"), metrics=("acc",), paper_metric="acc"),
+    LikelihoodTask(
+        "truthfulqa_mc2", "TruthfulQA (MC2)", _TRUTHFULQA, "truthfulqa_mc2", _TRUTHFULQA_FILES,
+        _truthfulqa_reader("mc2_targets"), metrics=("acc",), paper_metric="acc",
+        score=score_truthfulqa_mc2),
 )}
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -669,28 +562,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _draw_shots(task: Task, example: Example, pool: list[Example], num_fewshot: int,
-                rng: random.Random) -> list[Example]:
-  """The harness's samplers: the first shots (first_n), or a random sample, with one more drawn
-  and copies of the item dropped (then, if several were drawn, a redraw without them) where the
-  harness keeps the item out of its shots."""
-  needed = num_fewshot + task.fewshot_drops_item
-  if len(pool) < needed:
-    split = (f"the {example.subset} items of its few-shot split" if example.subset
-             else f"its few-shot split {', '.join(task.fewshot_files)}")
-    raise TaskDataError(f"{task.name}: --num_fewshot={num_fewshot} needs {needed} items to draw "
-                        f"shots from, but {split} has {len(pool)}")
-  if task.fewshot_sampler == "first_n":
-    return pool[:num_fewshot]
-  if not task.fewshot_drops_item:
-    return rng.sample(pool, num_fewshot)
-  shots = [s for s in rng.sample(pool, num_fewshot + 1) if not s.same_item(example)]
-  if len(shots) < num_fewshot:
-    shots = rng.sample([s for s in pool if not s.same_item(example)], num_fewshot)
-  return shots[:num_fewshot]
-
-
-def with_fewshot(task: Task, examples: list[Example], data_dir: Path, num_fewshot: int,
+def with_fewshot(task: LikelihoodTask, examples: list[Example], data_dir: Path, num_fewshot: int,
                  seed: int = FEWSHOT_SEED) -> list[Example]:
   """The examples with the task's description and `num_fewshot` shots before each context.
 
@@ -710,13 +582,17 @@ def with_fewshot(task: Task, examples: list[Example], data_dir: Path, num_fewsho
     shots = []
     if num_fewshot:
       rng = rngs.setdefault(example.subset, random.Random(seed))
-      shots = _draw_shots(task, example, pools.get(example.subset, []), num_fewshot, rng)
+      pool_name = (f"the {example.subset} items of its few-shot split" if example.subset
+                   else f"its few-shot split {', '.join(task.fewshot_files)}")
+      shots = draw_shots(task.name, example, pools.get(example.subset, []), num_fewshot, rng,
+                         pool_name=pool_name, drops_item=task.fewshot_drops_item,
+                         first_n=task.fewshot_sampler == "first_n")
     prefix = task.describe(example) + "".join(shot.demonstration + "\n\n" for shot in shots)
     prefixed.append(example.with_prefix(prefix) if prefix else example)
   return prefixed
 
 
-def get_tasks(names: Sequence[str]) -> list[Task]:
+def get_tasks(names: Sequence[str]) -> list[LikelihoodTask]:
   """Tasks by name, in the order given, a group (GROUPS) standing for its tasks; each task once.
   Unknown names are refused with the known ones listed."""
   if unknown := [name for name in names if name not in TASKS and name not in GROUPS]:
@@ -724,3 +600,54 @@ def get_tasks(names: Sequence[str]) -> list[Task]:
     raise ValueError(f"unknown tasks {unknown}; known: {', '.join(TASKS)}; groups ({groups})")
   expanded = [member for name in names for member in GROUPS.get(name, (name,))]
   return [TASKS[name] for name in dict.fromkeys(expanded)]
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def _requests(task: LikelihoodTask, example: Example) -> list[Request]:
+  requests = list(example.options)
+  if task.answer_context is not None:
+    requests += [Request(task.answer_context, option.continuation) for option in example.options]
+  return requests
+
+
+def evaluate_likelihood(scorer: Scorer, task: LikelihoodTask, data_dir: Path, *,
+                        num_fewshot: int | None = None, limit: int | None = None,
+                        seed: int = FEWSHOT_SEED, progress: bool = True) -> TaskResult:
+  """Scores the first `limit` items (all by default) of a task's evaluated split."""
+  num_fewshot = task.default_fewshot if num_fewshot is None else num_fewshot
+  examples = task.examples(data_dir)[:limit]
+  if not examples:
+    raise ValueError(f"{task.name}: no items to evaluate in {', '.join(task.files)}")
+  examples = with_fewshot(task, examples, data_dir, num_fewshot, seed)
+  requests, owner = [], []
+  for index, example in enumerate(examples):
+    for request in _requests(task, example):
+      requests.append(request)
+      owner.append(index)
+  remaining = np.bincount(owner, minlength=len(examples))
+  bar = tqdm(total=len(examples), desc=task.name, unit="example", disable=not progress,
+             dynamic_ncols=True)
+
+  def on_done(i: int) -> None:
+    remaining[owner[i]] -= 1
+    if remaining[owner[i]] == 0:
+      bar.update(1)
+
+  with bar:
+    results = scorer.loglikelihood(requests, on_done=on_done)
+  samples, per_item = [], []
+  start = 0
+  for example in examples:
+    count = len(example.options)
+    lls = [ll for ll, _ in results[start:start + count]]
+    answer_lls = None
+    if task.answer_context is not None:
+      answer_lls = [ll for ll, _ in results[start + count:start + 2 * count]]
+    start += count * (2 if task.answer_context is not None else 1)
+    values = task.score(task, example, lls, answer_lls)
+    per_item.append(values)
+    samples.append({"source": example.source, "gold": example.gold, "loglikelihoods": lls,
+                    **({"answer_loglikelihoods": answer_lls} if answer_lls else {}), **values})
+  return TaskResult(task, num_fewshot, average_metrics(per_item), len(examples), samples)
