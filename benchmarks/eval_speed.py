@@ -105,8 +105,7 @@ def run_lm_eval_hf(model_dir: Path, data_dir: Path, batch_size: int) -> dict:
   from lm_eval.models.huggingface import HFLM
   from transformers import LlamaForCausalLM
 
-  sys.path.insert(0, str(REPO_ROOT / "tests"))
-  from hf_reference import SentencePieceLlamaTokenizer  # tokenizes as SentencePiece does
+  from llama_jax.testing.hf_reference import SentencePieceLlamaTokenizer  # as SentencePiece
 
   model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
   lm = HFLM(pretrained=model, tokenizer=SentencePieceLlamaTokenizer(model_dir / "tokenizer.model"),

@@ -2,8 +2,8 @@
     [--sources=ccnet,c4,github,wikipedia,books,arxiv,stackexchange]
 
 For CommonCrawl sources, generates a synthetic WET file of about --size_mb of page text
-(benchmarks.synthetic_web) and toy CCNet models; for the others, inputs in their raw formats from
-benchmarks.synthetic_<source>. Prints one JSON object per measurement:
+(preprocessing.testing.synthetic_web) and toy CCNet models; for the others, inputs in their raw
+formats from preprocessing.testing.synthetic_<source>. Prints one JSON object per measurement:
   - each CCNet and C4 filter alone on --sample documents in this process: documents/s on one core;
   - each whole pipeline (`preprocessing.run`, DirectRunner, one worker): documents read (input
     documents) per second of wall time on one core.
@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import synthetic_web
 from preprocessing import c4, run
 from preprocessing.ccnet.language_id import LanguageIdentifier, min_length
 from preprocessing.ccnet.normalize import line_hash
 from preprocessing.ccnet.perplexity import PerplexityScorer
 from preprocessing.ccnet.reference_classifier import ReferenceFilter
 from preprocessing.document import Document, Drop
+from preprocessing.testing import synthetic_web
 from preprocessing.wet import wet_bytes
 
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     _benchmark_web(args, workdir, sources)
   for source in sources:
     if source in OTHER_SOURCES:
-      generator = importlib.import_module(f"benchmarks.synthetic_{source}")
+      generator = importlib.import_module(f"preprocessing.testing.synthetic_{source}")
       input_glob = generator.write_sample_input(workdir / f"{source}_input", OTHER_SOURCES[source])
       _run_pipeline(source, input_glob, workdir / source, [])
 

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,38 +26,12 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 
-from benchmarks.data_loader import write_source
 from llama_jax.checkpoint import CHECKSUMS
 from llama_jax.metrics import read_metrics
+from llama_jax.testing.training_runs import SMALL_TINY, VOCAB, config_flags, start_training
+from preprocessing.testing.token_shards import write_source
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VOCAB = 512
 EVERY_STEPS = 2
-SOURCES = ("ccnet", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
-
-
-# configs/tiny.py made smaller still, so a run of a few dozen steps takes seconds (also used by
-# tests/test_train.py).
-SMALL_TINY = {
-    "model.vocab_size": VOCAB, "model.dim": 64, "model.n_layers": 2, "model.n_heads": 4,
-    "model.ffn_dim": 128, "model.context_length": 32, "train.batch_size": 8,
-    "optim.warmup_steps": 2, "data.read_threads": 0,
-}
-
-
-def config_flags(settings: dict, sources: tuple[str, ...]) -> list[str]:
-  """`--config.KEY=VALUE` flags for `settings`, reading only `sources` (share 1 each)."""
-  shares = {f"data.shares.{name}": float(name in sources) for name in SOURCES}
-  return [f"--config.{key}={value}" for key, value in {**settings, **shares}.items()]
-
-
-def start_training(workdir: Path, flags: list[str], log) -> subprocess.Popen:
-  """`python -m llama_jax.train --config=configs/tiny.py` on one CPU device, stderr to `log`."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT)}
-  env.pop("XLA_FLAGS", None)  # one device, whatever the caller simulates
-  return subprocess.Popen([sys.executable, "-m", "llama_jax.train", "--config=configs/tiny.py",
-                           f"--workdir={workdir}", *flags], cwd=REPO_ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=log)
 
 
 def _last_step(workdir: Path) -> int:

@@ -33,6 +33,7 @@ from llama_jax.checkpoint import Checkpoints, check_storage
 from llama_jax.config import enable_compilation_cache, parse_flags, total_steps
 from llama_jax.data import iterator_from_config
 from llama_jax.eval.periodic import PeriodicEvaluation
+from llama_jax.loop_state import LoopState, Rollback, SafetyRails
 from llama_jax.model import Llama, ModelConfig, abstract_model
 from llama_jax.optim import learning_rate_schedule, make_optimizer
 from llama_jax.sharding import (
@@ -223,14 +224,6 @@ class ShardedTraining:
                                   self.state_shardings.params))
 
 
-class _Rollback(Exception):
-  """Raised inside the loop to go back to the last checkpoint, skipping `batches`."""
-
-  def __init__(self, reason: str, batches: list[int]):
-    super().__init__(reason)
-    self.batches = batches
-
-
 def _bytes(tree) -> int:
   return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
@@ -238,9 +231,9 @@ def _bytes(tree) -> int:
 class Trainer:
   """The training program: data, sharded steps, checkpoints, metrics and the safety rails.
 
-  Host-side progress that a resumed run needs (batches drawn from the loader, batches to skip,
-  the recent losses the spike detector compares with, energy so far) is saved with every
-  checkpoint, so a run killed and resumed continues exactly as the uninterrupted one.
+  The host-side loop state that a resumed run needs (LoopState: batches drawn from the loader,
+  batches to skip, the recent losses the spike rail compares with, energy so far) is saved with
+  every checkpoint, so a run killed and resumed continues exactly as the uninterrupted one.
   """
 
   def __init__(self, config, workdir: str | Path, devices: list[jax.Device] | None = None):
@@ -279,11 +272,12 @@ class Trainer:
     self.tokens_per_step = batch_size * self.model_config.context_length
     self.flops_per_step = metrics_lib.flops_per_token(self.model_config) * self.tokens_per_step
     self.peak_flops = metrics_lib.peak_flops_per_second(jax.devices()[0])
+    self.rails = SafetyRails.from_config(config.train)
     self.stop_signal: int | None = None
 
   # --- state ---------------------------------------------------------------------------------
 
-  def _restore_latest(self) -> tuple[TrainState, dict] | None:
+  def _restore_latest(self) -> tuple[TrainState, LoopState] | None:
     """The newest good checkpoint, with the data iterator put back where it was."""
     restored = self.checkpoints.restore_latest(self.abstract_state)
     if restored is None:
@@ -291,80 +285,54 @@ class Trainer:
     state, data_state, progress = restored
     self.data.set_state(data_state)
     logging.info("restored %s/%d", self.checkpoints.directory, int(state.step))
-    return state, progress
+    return state, LoopState.from_json(progress)
 
-  def _save(self, state: TrainState, progress: dict) -> None:
+  def _save(self, state: TrainState, loop: LoopState) -> None:
     """Saves, or logs why it could not: training goes on and the next interval tries again."""
-    progress["energy"] = self.energy.state()
+    loop.energy = self.energy.state()
     try:
       # Copies: an asynchronous save serialises them later, while the loop changes them.
       self.checkpoints.save(int(state.step), state, copy.deepcopy(self.data.get_state()),
-                            copy.deepcopy(progress))
+                            loop.to_json())
     except Exception as error:  # a full disk, a flaky file system: whatever the storage raised
-      progress["failed_saves"] = progress.get("failed_saves", 0) + 1
+      loop.failed_saves += 1
       logging.error("checkpoint save at step %d failed (%s); the earlier checkpoints are kept "
                     "and the next interval tries again", int(state.step), error)
 
-  def _wait_for_save(self, progress: dict) -> None:
+  def _wait_for_save(self, loop: LoopState) -> None:
     try:
       self.checkpoints.wait()
     except Exception as error:  # the asynchronous part of the last save failed
-      progress["failed_saves"] = progress.get("failed_saves", 0) + 1
+      loop.failed_saves += 1
       logging.error("checkpoint save failed while finishing (%s); the earlier checkpoints are "
                     "kept", error)
 
-  def _start(self) -> tuple[TrainState, dict]:
+  def _start(self) -> tuple[TrainState, LoopState]:
     if restored := self._restore_latest():
       return restored
-    state = self.training.init(jnp.int32(self.config.train.seed))
-    progress = {"batches_drawn": 0, "skip_batches": [], "recent_losses": [], "skipped_updates": 0,
-                "rollbacks": 0}
-    return state, progress
+    return self.training.init(jnp.int32(self.config.train.seed)), LoopState()
 
   # --- the loop ------------------------------------------------------------------------------
 
-  def _next_batch(self, progress: dict) -> Batch:
+  def _next_batch(self, loop: LoopState) -> Batch:
     """The next batch not marked to skip, as global arrays from this process's rows."""
     while True:
       rows = next(self.data)
-      progress["batches_drawn"] += 1
-      if progress["batches_drawn"] not in progress["skip_batches"]:
+      loop.batches_drawn += 1
+      if loop.batches_drawn not in loop.skip_batches:
         local = {"inputs": rows["inputs"], "targets": rows["targets"]}
         return distributed.global_batch(self.training.batch_sharding, local,
                                          self.config.train.batch_size)
-      logging.warning("skipping batch %d (rolled back over it)", progress["batches_drawn"])
+      logging.warning("skipping batch %d (rolled back over it)", loop.batches_drawn)
 
-  def _check_rails(self, values: dict, progress: dict) -> None:
-    train = self.config.train
-    batch = progress["batches_drawn"]
-    if values["skipped"]:
-      progress["skipped_updates"] += 1
-      progress.setdefault("nonfinite_batches", []).append(batch)
-      logging.warning("non-finite loss or gradient at batch %d: update skipped", batch)
-      if len(progress["nonfinite_batches"]) >= train.max_consecutive_skips:
-        raise _Rollback(f"{train.max_consecutive_skips} non-finite steps in a row",
-                        progress["nonfinite_batches"])
-      return
-    progress.pop("nonfinite_batches", None)
-    recent = progress["recent_losses"]
-    if len(recent) >= train.spike_min_history:
-      mean = sum(recent) / len(recent)
-      if values["loss"] > train.spike_factor * mean:
-        raise _Rollback(f"loss {values['loss']:.4f} > {train.spike_factor} x recent mean "
-                        f"{mean:.4f}", [batch])
-    progress["recent_losses"] = (recent + [values["loss"]])[-train.spike_window:]
+  def _rollback(self, rollback: Rollback, loop: LoopState) -> tuple[TrainState, LoopState]:
+    self._wait_for_save(loop)
+    logging.warning("%s: rolling back to the last checkpoint, skipping batches %s",
+                    rollback.reason, rollback.batches)
+    state, checkpointed = self._restore_latest()
+    return state, loop.rolled_back_to(checkpointed, rollback.batches)
 
-  def _rollback(self, rollback: _Rollback, progress: dict) -> tuple[TrainState, dict]:
-    self._wait_for_save(progress)
-    skip = sorted(set(progress["skip_batches"]) | set(rollback.batches))
-    logging.warning("%s: rolling back to the last checkpoint, skipping batches %s", rollback,
-                    rollback.batches)
-    state, restored = self._restore_latest()
-    restored["skip_batches"] = skip
-    restored["rollbacks"] = progress["rollbacks"] + 1
-    return state, restored
-
-  def _log(self, state: TrainState, values: dict, progress: dict, step_seconds: float,
+  def _log(self, state: TrainState, values: dict, loop: LoopState, step_seconds: float,
            evaluation: dict) -> None:
     step = int(state.step)
     devices = jax.device_count()
@@ -375,8 +343,8 @@ class Trainer:
         "mfu": (self.flops_per_step / step_seconds / devices / self.peak_flops
                 if self.peak_flops else None),
         "step_seconds": step_seconds, "device_memory_bytes": metrics_lib.device_memory_in_use(),
-        "skipped_updates": progress["skipped_updates"], "rollbacks": progress["rollbacks"],
-        "failed_saves": progress.get("failed_saves", 0),
+        "skipped_updates": loop.skipped_updates, "rollbacks": loop.rollbacks,
+        "failed_saves": loop.failed_saves,
         "bad_records_skipped": sum(self.data.bad_records().values()),
         **{f"sequences/{name}": n for name, n in self.data.sequences().items()},
         **self.energy.update(), **evaluation,
@@ -391,12 +359,12 @@ class Trainer:
   def run(self) -> dict:
     """Trains to the configured number of steps (or a stop signal); returns the last values."""
     previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    state, progress = self._start()
+    state, loop = self._start()
     energy = self.config.energy
     self.energy = metrics_lib.EnergyMeter(energy.watts_per_device, energy.pue,
-                                          energy.tco2_per_mwh, state=progress.get("energy"))
+                                          energy.tco2_per_mwh, state=loop.energy)
     if int(state.step) == 0:
-      self._save(state, progress)  # step 0: a rollback always has somewhere to go
+      self._save(state, loop)  # step 0: a rollback always has somewhere to go
     if jax.process_index() == 0:
       # A resumed run writes its steps again from here; TensorBoard drops the old ones.
       self.writer = metrics_lib.MetricsWriter(self.workdir, purge_from_step=int(state.step) + 1)
@@ -405,16 +373,14 @@ class Trainer:
                disable=jax.process_index() != 0)
     try:
       while int(state.step) < self.total_steps and self.stop_signal is None:
-        batch = self._next_batch(progress)
+        batch = self._next_batch(loop)
         start = time.perf_counter()
         state, step_metrics = self.training.step(state, batch)
         values = {name: value.item() for name, value in jax.device_get(step_metrics).items()}
         seconds = time.perf_counter() - start
         self.checkpoints.poll()
-        try:
-          self._check_rails(values, progress)
-        except _Rollback as rollback:
-          state, progress = self._rollback(rollback, progress)
+        if rollback := self.rails.check(loop, values["loss"], values["skipped"]):
+          state, loop = self._rollback(rollback, loop)
           bar.n = int(state.step)
           continue
         step = int(state.step)
@@ -425,12 +391,12 @@ class Trainer:
           evaluation = self.evaluation(state.params)
           logging.info("step %d evaluation: %s", step, evaluation)
         if step % self.config.train.log_every == 0 or step == self.total_steps or evaluation:
-          self._log(state, values, progress, seconds, evaluation)
+          self._log(state, values, loop, seconds, evaluation)
         if step % self.config.checkpoint.every_steps == 0 or step == self.total_steps:
-          self._save(state, progress)
+          self._save(state, loop)
       if self.stop_signal is not None and int(state.step) not in self.checkpoints.steps():
-        self._save(state, progress)
-      self._wait_for_save(progress)
+        self._save(state, loop)
+      self._wait_for_save(loop)
     finally:
       bar.close()
       for sig, handler in previous.items():

@@ -37,7 +37,7 @@ def written_documents(directory: Path, key=lambda doc: doc.id) -> dict:
 @pytest.fixture(scope="session")
 def hf_llama_dir(tmp_path_factory):
   """A small random Hugging Face LLaMA directory with Meta's tokenizer.model (hf_reference)."""
-  from hf_reference import save_random_llama
+  from llama_jax.testing.hf_reference import save_random_llama
 
   return save_random_llama(tmp_path_factory.mktemp("hf_llama"))
 

@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 
 import torch
-from hf_reference import SentencePieceLlamaTokenizer
 from lm_eval.models.huggingface import HFLM
 from transformers import LlamaForCausalLM
 
 from llama_jax.eval.fewshot import FEWSHOT_SEED
 from llama_jax.eval.likelihood import TASKS
+from llama_jax.testing.hf_reference import SentencePieceLlamaTokenizer
 
 EVAL_DATA = Path(__file__).parent / "data" / "eval"
 # MMLU's sample holds two subjects; the task reads whichever subjects' files it is given.

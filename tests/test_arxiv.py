@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 from conftest import written_documents
 
-from benchmarks import synthetic_arxiv
 from preprocessing import arxiv, run
 from preprocessing.document import Document, Drop
+from preprocessing.testing import synthetic_arxiv
 from preprocessing.wet import Malformed
 
 MAIN = (b"\\documentclass{article}\n\\newcommand{\\R}{\\mathbb{R}}\n\\begin{document}\n"

@@ -11,9 +11,9 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from conftest import written_documents
 
-from benchmarks import synthetic_books
 from preprocessing import books, run
 from preprocessing.document import Document, Drop
+from preprocessing.testing import synthetic_books
 
 BODY = "CHAPTER I.\n\nIt was a dark night, and the sea was loud.\nShe looked at the door."
 

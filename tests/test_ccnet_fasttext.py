@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import synthetic_web
 from preprocessing.ccnet import train_reference_classifier
 from preprocessing.ccnet.language_id import LanguageIdentifier, min_length, train_language_id
 from preprocessing.ccnet.reference_classifier import ReferenceFilter
 from preprocessing.document import Document, Drop
+from preprocessing.testing import synthetic_web
 
 
 @pytest.fixture(scope="module")

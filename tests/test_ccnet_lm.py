@@ -11,11 +11,11 @@ import kenlm
 import pytest
 import sentencepiece
 
-from benchmarks import synthetic_web
 from preprocessing.ccnet.normalize import normalize_for_lm
 from preprocessing.ccnet.perplexity import PerplexityScorer, parse_cutoffs
 from preprocessing.ccnet.train_lm import discounts, estimate, main, write_arpa
 from preprocessing.document import Document, Drop
+from preprocessing.testing import synthetic_web
 
 
 def _kenlm(tmp_path, sentences, order, fallback=False):

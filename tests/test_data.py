@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
-from benchmarks.data_loader import write_source
 from llama_jax import data
 from llama_jax.config import base_config
+from preprocessing.testing.token_shards import write_source
 
 EOS = 2
 # Table 1: sampling share (%) and epochs over 1.4T tokens.

@@ -8,17 +8,17 @@ import jax
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
-from hf_reference import META_TOKENIZER
 
-from benchmarks.data_loader import write_source
-from benchmarks.soak import SMALL_TINY
 from llama_jax.eval.generative import evaluate_generative
 from llama_jax.eval.likelihood import TASKS, evaluate_likelihood
 from llama_jax.eval.scoring import load_scorer, pack_rows
 from llama_jax.generate import load_generator
 from llama_jax.inference import bucket_lengths
 from llama_jax.metrics import read_metrics
+from llama_jax.testing.hf_reference import META_TOKENIZER
+from llama_jax.testing.training_runs import SMALL_TINY
 from llama_jax.train import Trainer
+from preprocessing.testing.token_shards import write_source
 
 EVAL_DATA = REPO_ROOT / "tests" / "data" / "eval"
 

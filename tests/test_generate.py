@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from hf_reference import META_TOKENIZER
 
 from llama_jax.generate import GenerationSettings, Generator, load_generator, sample_tokens
 from llama_jax.model import Llama, ModelConfig
 from llama_jax.sharding import MeshRules, logical_rules, make_mesh, param_shardings
+from llama_jax.testing.hf_reference import META_TOKENIZER
 from llama_jax.tokenizer import Tokenizer
 
 CONFIG = ModelConfig(vocab_size=32000, dim=64, n_layers=2, n_heads=4, ffn_dim=128,

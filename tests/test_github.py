@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 from conftest import written_documents
 
-from benchmarks import synthetic_github
 from preprocessing import github, run
 from preprocessing.document import Document, Drop
+from preprocessing.testing import synthetic_github
 
 
 def _doc(text="x = 1\n", path="src/a.py", license_name="mit"):

@@ -17,7 +17,6 @@ import pytest
 import torch
 import yaml
 from conftest import REPO_ROOT
-from hf_reference import save_random_llama
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 from lm_eval.tasks import TaskManager
@@ -25,6 +24,7 @@ from lm_eval_reference import EVAL_DATA, harness_config
 from lm_eval_reference import hf_lm as hf_reference_lm
 
 from llama_jax.eval.lm_eval_adapter import LlamaJaxLM, parse_mesh_arg
+from llama_jax.testing.hf_reference import save_random_llama
 
 PIQA = EVAL_DATA / "piqa"
 TOLERANCE = 1e-4

@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import written_documents
 
-from benchmarks import synthetic_web
 from preprocessing import run
+from preprocessing.testing import synthetic_web
 from preprocessing.wet import wet_bytes
 
 BOILERPLATE = "Subscribe to our newsletter to get the latest updates."

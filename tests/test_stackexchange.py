@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import written_documents
 
-from benchmarks import synthetic_stackexchange as synthetic
 from preprocessing import run, stackexchange
 from preprocessing.document import Document, Drop
 from preprocessing.stackexchange import Post
+from preprocessing.testing import synthetic_stackexchange as synthetic
 
 row = synthetic.row
 

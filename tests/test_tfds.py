@@ -7,10 +7,15 @@ import json
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from training_runs import losses, wait_for_step
 
-from benchmarks.soak import SMALL_TINY, config_flags, start_training
 from llama_jax import data, tokenizer
+from llama_jax.testing.training_runs import (
+  SMALL_TINY,
+  config_flags,
+  losses,
+  start_training,
+  wait_for_step,
+)
 from preprocessing import run, tfds_output, tokenize_shards
 
 GITHUB = "examples/mini_corpus/github/github-mini.jsonl.gz"

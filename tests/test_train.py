@@ -10,17 +10,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from training_runs import losses, wait_for_step
 
-from benchmarks.data_loader import write_source
-from benchmarks.soak import SMALL_TINY, SOURCES, VOCAB, config_flags, start_training
 from llama_jax import model as model_lib
 from llama_jax import train as train_lib
 from llama_jax.checkpoint import CHECKSUMS
 from llama_jax.metrics import read_metrics
 from llama_jax.model import ModelConfig
 from llama_jax.sharding import MeshRules, logical_rules, make_mesh
+from llama_jax.testing.training_runs import (
+  SMALL_TINY,
+  SOURCES,
+  VOCAB,
+  config_flags,
+  losses,
+  start_training,
+  wait_for_step,
+)
 from llama_jax.train import ShardedTraining, Trainer, cross_entropy, output_cross_entropy
+from preprocessing.testing.token_shards import write_source
 
 OVERRIDES = {
     **SMALL_TINY, "train.total_tokens": 24 * 8 * 32.0, "optim.peak_lr": 1e-2,

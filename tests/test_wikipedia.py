@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import written_documents
 
-from benchmarks import synthetic_wikipedia as synthetic
 from preprocessing import run, wikipedia
 from preprocessing.document import Document, Drop
+from preprocessing.testing import synthetic_wikipedia as synthetic
 
 
 def _doc(text="Some text.", **metadata):

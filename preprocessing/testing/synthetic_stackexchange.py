@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from benchmarks.synthetic_web import ENGLISH, _sentence
+from preprocessing.testing.synthetic_web import ENGLISH, _sentence
 
 SITES = ("math.stackexchange.com", "superuser.com", "cooking.stackexchange.com")
 TAGS = ("python", "linux", "algebra", "bread", "networking", "probability", "bash")

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from benchmarks.synthetic_web import ENGLISH
+from preprocessing.testing.synthetic_web import ENGLISH
 
 EXPORT_NAMESPACE = "http://www.mediawiki.org/xml/export-0.10/"
 # (dbname, its names for the File and Category namespaces)

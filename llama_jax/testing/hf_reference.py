@@ -14,7 +14,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
-META_TOKENIZER = Path(__file__).parent / "data" / "llama-tokenizer" / "tokenizer.model"
+# In a checkout of the repository: tests/data holds Meta's tokenizer.model.
+META_TOKENIZER = (Path(__file__).resolve().parents[2] / "tests" / "data" / "llama-tokenizer"
+                  / "tokenizer.model")
 
 
 class SentencePieceLlamaTokenizer(SentencePieceBackend):
