@@ -4,8 +4,9 @@
 
 Two sides on the same model shape and the same random batch (the config's batch size x context
 length; float32 on the PyTorch side):
-  jax    the trainer's own compiled step (llama_jax.train.ShardedTraining on one CPU device, with
-         the config's optimizer, schedule, remat policy and dtype), called as Trainer.run calls it;
+  jax    the trainer's own compiled step (llama_jax.train_step.ShardedTraining on one CPU device,
+         with the config's optimizer, schedule, remat policy and dtype), called as Trainer.run
+         calls it;
   torch  transformers' LlamaForCausalLM built from the same hyperparameters (hidden size, layers,
          heads, vocabulary, intermediate size, RMSNorm eps, RoPE theta, untied embeddings) with
          torch.optim.AdamW of the same betas, eps and weight decay (the norm scales not decayed,
@@ -56,7 +57,7 @@ def _jax_side(config, inputs, targets):
   from llama_jax.model import ModelConfig
   from llama_jax.optim import learning_rate_schedule, make_optimizer
   from llama_jax.sharding import MeshRules, logical_rules, make_mesh
-  from llama_jax.train import ShardedTraining
+  from llama_jax.train_step import ShardedTraining
 
   steps_in_run = total_steps(config)
   mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])

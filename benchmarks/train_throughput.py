@@ -5,7 +5,7 @@ python -m benchmarks.train_throughput --config=configs/1b.py [--batch_size=N] [-
 
 Measurement (on whatever backend JAX has; by default unless --profile is given, --measure forces
 it): for each remat policy x attention implementation, the sharded train step
-(llama_jax.train.ShardedTraining, the config's mesh over the first --devices local devices) on
+(llama_jax.train_step.ShardedTraining, the config's mesh over the first --devices local devices) on
 random tokens: compile, one warm-up step, then --steps timed steps. One JSON object per
 combination: compile seconds (lowering and compiling), the median step, tokens/s per device, MFU
 (metrics.flops_per_token over the device's dense bfloat16 peak; null where the peak is unknown, as
@@ -61,7 +61,7 @@ from llama_jax.metrics import flops_per_token, peak_flops_per_second
 from llama_jax.model import REMAT_POLICIES, ModelConfig
 from llama_jax.optim import make_optimizer
 from llama_jax.sharding import MeshRules, batch_ways, check_fits, logical_rules, make_mesh
-from llama_jax.train import ShardedTraining
+from llama_jax.train_step import ShardedTraining
 
 ATTENTION = ("pallas", "cudnn", "xla")
 DEFAULT_MAX_BATCH = 8

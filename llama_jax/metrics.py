@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from llama_jax.jsonl import read_jsonl
 from llama_jax.model import ModelConfig, abstract_model, count_params
 
 METRICS_FILE = "metrics.jsonl"
@@ -216,15 +217,10 @@ def read_metrics(path: str | Path) -> list[dict]:
   the final model. A last line without its newline (a writer caught mid-line) is ignored.
   """
   by_step = {}
-  with Path(path).open(encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.endswith("\n"):
-        break
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{number}: not a JSON record ({error})") from None
-      by_step[record["step"]] = record
+  for where, record in read_jsonl(path, partial_last_line=True):
+    if not isinstance(record.get("step"), int):
+      raise ValueError(f"{where}: a metrics record has an integer `step`")
+    by_step[record["step"]] = record
   return [by_step[step] for step in sorted(by_step)]
 
 

@@ -34,7 +34,7 @@ from llama_jax.config import load_config_file, parse_flags, total_steps
 from llama_jax.model import ModelConfig, abstract_model, count_params
 from llama_jax.optim import make_optimizer
 from llama_jax.sharding import MeshRules, check_fits, logical_rules, make_mesh, parse_mesh
-from llama_jax.train import ShardedTraining
+from llama_jax.train_step import ShardedTraining
 
 _CONFIG = flags.DEFINE_string("config", None, "config file, e.g. configs/65b.py", required=True)
 _DEVICES = flags.DEFINE_integer("devices", None, "GPUs in the run", required=True)

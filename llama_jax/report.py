@@ -18,6 +18,7 @@ from markdown_it import MarkdownIt
 
 from llama_jax import metrics
 from llama_jax.data import INDEX_FILE, sources_by_share
+from llama_jax.jsonl import read_jsonl
 from llama_jax.model import ModelConfig, abstract_model, count_params
 
 STAGE_ORDER = ("language_id", "preprocess", "tokenizer", "shards", "train", "eval", "samples",
@@ -132,8 +133,7 @@ def samples_section(samples_path: Path, settings) -> str:
   lines = ["## 5. Samples\n",
            f"Temperature {settings.temperature}, top-p {settings.top_p}, at most "
            f"{settings.max_new_tokens} new tokens, seed {settings.seed}.\n"]
-  for line in samples_path.read_text().splitlines():
-    record = json.loads(line)
+  for _, record in read_jsonl(samples_path):
     for completion in record["completions"]:
       text = record["prompt"] + completion
       # A fence longer than any run of backticks in the text (models write code fences too).

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import glob
-import gzip
 import hashlib
-import io
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+
+from llama_jax.jsonl import open_text, read_jsonl
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -113,33 +112,17 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
   return files
 
 
-def _open_text(path: str) -> io.TextIOBase:
-  if path.endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-  if path.endswith(".zst"):
-    import zstandard  # the `data` extra; only .zst input needs it
-
-    stream = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
-  return open(path, encoding="utf-8", newline="\n")
-
-
 def iter_sentences(files: Sequence[str]) -> Iterator[str]:
   """Non-empty lines of text files, or of the `text` field of JSON-lines files."""
   for path in files:
-    is_jsonl = ".jsonl" in Path(path).name
-    with _open_text(path) as f:
-      for number, line in enumerate(f, 1):
-        if is_jsonl:
-          if not line.strip():
-            continue
-          try:
-            text = json.loads(line)["text"]
-          except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{number}: not a JSON object with a `text` field") from None
-          yield from (s for s in text.split("\n") if s)
-        elif line := line.rstrip("\n"):
-          yield line
+    if ".jsonl" in Path(path).name:
+      for where, record in read_jsonl(path):
+        if not isinstance(record.get("text"), str):
+          raise ValueError(f"{where}: not a JSON object with a `text` field (a string)")
+        yield from (s for s in record["text"].split("\n") if s)
+      continue
+    with open_text(path) as f:
+      yield from (line for line in (raw.rstrip("\n") for raw in f) if line)
 
 
 def train(inputs: Sequence[str], model_prefix: str | os.PathLike, *,

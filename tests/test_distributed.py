@@ -17,7 +17,7 @@ import pytest
 from llama_jax import distributed
 from llama_jax.model import ModelConfig
 from llama_jax.sharding import MeshRules, logical_rules, make_mesh
-from llama_jax.train import ShardedTraining
+from llama_jax.train_step import ShardedTraining
 
 CONFIG = ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=8, ffn_dim=128,
                      context_length=16, dtype="float32")

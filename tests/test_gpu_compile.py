@@ -26,7 +26,7 @@ from llama_jax.kernels.flash_attention import BlockSizes, Tiling
 from llama_jax.model import ModelConfig
 from llama_jax.plan import plan_mesh
 from llama_jax.sharding import MeshRules, logical_rules, make_mesh
-from llama_jax.train import ShardedTraining
+from llama_jax.train_step import ShardedTraining
 
 KERNELS = ["flash_attention_dkv", "flash_attention_dq", "flash_attention_forward"]
 # configs/1b.py's layer shape (head_dim 128) at a few layers, a short context and vocabulary:
@@ -204,7 +204,7 @@ import jax, jax.numpy as jnp, numpy as np, optax
 from llama_jax import gpu_compile
 from llama_jax.model import ModelConfig
 from llama_jax.sharding import MeshRules, logical_rules, make_mesh
-from llama_jax.train import ShardedTraining
+from llama_jax.train_step import ShardedTraining
 config = ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=2, ffn_dim=128,
                      context_length=32, dtype="float32", attention="auto")
 mesh = make_mesh({"data": 1, "fsdp": -1, "tensor": 1})

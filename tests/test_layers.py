@@ -13,14 +13,14 @@ from conftest import REPO_ROOT
 # Bottom to top; a module may import modules of its own layer or below. The longest matching
 # prefix gives a module's layer.
 LAYERS = [
-    ("foundation", ["llama_jax.config", "llama_jax.tokenizer", "llama_jax.distributed",
-                    "llama_jax.kernels", "llama_jax.gpu_compile"]),
+    ("foundation", ["llama_jax.config", "llama_jax.jsonl", "llama_jax.tokenizer",
+                    "llama_jax.distributed", "llama_jax.kernels", "llama_jax.gpu_compile"]),
     ("sharding", ["llama_jax.sharding"]),
     ("attention", ["llama_jax.attention"]),
     ("model", ["llama_jax.model"]),
     ("model services", ["llama_jax.optim", "llama_jax.metrics", "llama_jax.checkpoint",
-                        "llama_jax.data", "llama_jax.formats", "llama_jax.train_step",
-                        "llama_jax.loop_state"]),
+                        "llama_jax.data", "llama_jax.formats", "llama_jax.loop_state"]),
+    ("training step", ["llama_jax.train_step"]),
     ("preprocessing", ["preprocessing"]),  # the corpus pipelines write what llama_jax.data reads
     ("inference", ["llama_jax.inference"]),
     ("generation", ["llama_jax.generate"]),

@@ -193,7 +193,7 @@ def test_read_metrics_keeps_the_last_record_of_each_step(tmp_path):
 def test_read_metrics_names_a_bad_line(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
-  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
     metrics.read_metrics(path)
 
 

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec
 from llama_jax.gpu_compile import compile_and_dump
 from llama_jax.model import ModelConfig
 from llama_jax.sharding import MeshRules, check_fits, logical_rules, make_mesh, mesh_shape
-from llama_jax.train import ShardedTraining
+from llama_jax.train_step import ShardedTraining
 
 # 8 heads, FFN and vocabulary divisible by 8, so every mesh below splits them evenly.
 CONFIG = ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=8, ffn_dim=128,

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from llama_jax import model as model_lib
-from llama_jax import train as train_lib
+from llama_jax import train_step as train_step_lib
 from llama_jax.checkpoint import CHECKSUMS
 from llama_jax.metrics import read_metrics
 from llama_jax.model import ModelConfig
@@ -26,7 +26,8 @@ from llama_jax.testing.training_runs import (
   start_training,
   wait_for_step,
 )
-from llama_jax.train import ShardedTraining, Trainer, cross_entropy, output_cross_entropy
+from llama_jax.train import Trainer
+from llama_jax.train_step import ShardedTraining, cross_entropy, output_cross_entropy
 from preprocessing.testing.token_shards import write_source
 
 OVERRIDES = {
@@ -134,7 +135,7 @@ def test_the_cpu_loss_and_gradients_equal_the_other_backends(monkeypatch):
   loss, grads = training.jit_loss_and_grads()(params, batch)
   # The formulation compiled for GPUs: the plain loss, autodiff's linear-layer gradients.
   gpu = types.SimpleNamespace(platform="gpu")
-  monkeypatch.setattr(train_lib, "target_device", lambda: gpu)
+  monkeypatch.setattr(train_step_lib, "target_device", lambda: gpu)
   monkeypatch.setattr(model_lib, "target_device", lambda: gpu)
   ref_loss, ref_grads = training.jit_loss_and_grads()(params, batch)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)

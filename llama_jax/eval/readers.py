@@ -5,12 +5,13 @@ missing or mistyped field) raises `TaskDataError` naming the file, line and fiel
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from llama_jax import jsonl
 
 if TYPE_CHECKING:
   from llama_jax.eval.registry import Task
@@ -40,20 +41,7 @@ def _json_object(record, source: str) -> dict:
 
 def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
   """("file:line", object) for each non-empty line of a JSON-lines file, gzipped or not."""
-  opener = gzip.open if path.suffix == ".gz" else open
-  try:
-    with opener(path, "rt", encoding="utf-8") as f:
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        source = f"{path}:{number}"
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as error:
-          raise TaskDataError(f"{source}: not valid JSON ({error})") from None
-        yield source, _json_object(record, source)
-  except (OSError, EOFError, UnicodeDecodeError) as error:  # a truncated or non-gzip file
-    raise TaskDataError(f"{path}: cannot be read ({error})") from None
+  return jsonl.read_jsonl(path, error=TaskDataError)
 
 
 def _parse_json(path: Path, text: str):

@@ -14,6 +14,7 @@ from llama_jax import distributed
 from llama_jax.config import enable_compilation_cache
 from llama_jax.generate import GenerationSettings, Generator
 from llama_jax.inference import define_model_flags
+from llama_jax.jsonl import open_text, read_jsonl
 
 # --- command line ----------------------------------------------------------------------------
 
@@ -35,19 +36,13 @@ _OUTPUT = flags.DEFINE_string("output", None, "also write {prompt, completions} 
 
 
 def _read_prompts(path: Path) -> list[str]:
-  lines = path.read_text(encoding="utf-8").splitlines()
   if path.suffix != ".jsonl":
-    return [line for line in lines if line.strip()]
+    with open_text(path) as f:
+      return [line.rstrip("\n") for line in f if line.strip()]
   prompts = []
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as error:
-      raise ValueError(f"{path}:{number}: not JSON ({error})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-      raise ValueError(f"{path}:{number}: expected an object with a string field \"prompt\"")
+  for where, record in read_jsonl(path):
+    if not isinstance(record.get("prompt"), str):
+      raise ValueError(f"{where}: expected an object with a string field \"prompt\"")
     prompts.append(record["prompt"])
   return prompts
 
