@@ -43,6 +43,7 @@ from llama_jax.eval.answers import (
 from llama_jax.eval.fewshot import FEWSHOT_SEED, draw_shots
 from llama_jax.eval.harness import TaskResult, average_metrics, by_subset
 from llama_jax.eval.readers import (
+  Benchmark,
   TaskDataError,
   field,
   read_json_array,
@@ -398,14 +399,9 @@ def score_code(task: GenerativeTask, items: Sequence[Item], completions: Sequenc
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerativeTask:
+class GenerativeTask(Benchmark):
   """A generative benchmark: its files, prompts, the paper's generation settings, its scoring."""
 
-  name: str
-  title: str
-  published: str  # where the released files come from, for "file not found" messages
-  harness_task: str | None  # the lm-evaluation-harness task whose prompts these are
-  files: tuple[str, ...]  # the evaluated split, relative to --data_dir ("dir/" for a directory)
   read: Callable[[GenerativeTask, Path], list[Item]]
   settings: GenerationSettings  # the paper's (section 3 and the work it follows), see the table
   score: Callable[..., list[Scored]]

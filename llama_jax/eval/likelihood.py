@@ -29,6 +29,7 @@ from tqdm import tqdm
 from llama_jax.eval.fewshot import FEWSHOT_SEED, draw_shots
 from llama_jax.eval.harness import TaskResult, average_metrics, by_subset
 from llama_jax.eval.readers import (
+  Benchmark,
   TaskDataError,
   field,
   read_json_array,
@@ -148,14 +149,9 @@ Reader = Callable[["LikelihoodTask", Path, tuple[str, ...]], list[Example]]
 
 
 @dataclasses.dataclass(frozen=True)
-class LikelihoodTask:
+class LikelihoodTask(Benchmark):
   """A benchmark: where its files are, how items become Examples, and how they are scored."""
 
-  name: str
-  title: str
-  published: str  # where the released files come from, for "file not found" messages
-  harness_task: str | None  # the lm-evaluation-harness task whose prompts these are
-  files: tuple[str, ...]  # the evaluated split's files, relative to --data_dir
   read: Reader
   fewshot_files: tuple[str, ...] = ()  # the split few-shot shots are drawn from
   default_fewshot: int = 0  # the paper's setting

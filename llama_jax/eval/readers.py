@@ -5,23 +5,31 @@ missing or mistyped field) raises `TaskDataError` naming the file, line and fiel
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from llama_jax import jsonl
 
-if TYPE_CHECKING:
-  from llama_jax.eval.registry import Task
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+  """What both task families know of a benchmark's release (the base of their task classes)."""
+
+  name: str
+  title: str
+  published: str  # where the released files come from, for "file not found" messages
+  harness_task: str | None  # the lm-evaluation-harness task whose prompts these are
+  files: tuple[str, ...]  # the evaluated split, relative to --data_dir ("dir/" for a directory)
 
 
 class TaskDataError(ValueError):
   """A benchmark file is missing or malformed; the message names the file, line and field."""
 
 
-def require_file(task: Task, data_dir: Path, relative: str) -> Path:
+def require_file(task: Benchmark, data_dir: Path, relative: str) -> Path:
   """data_dir/relative, which must exist: a file, or a directory where `relative` ends in "/"."""
   path = Path(data_dir) / relative
   directory = relative.endswith("/")
