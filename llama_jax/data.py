@@ -225,7 +225,7 @@ class TfdsSource:
   feature: str
   data_dir: str | None
   tokenizer: Tokenizer
-  size: int  # examples in the split
+  examples: Sequence = dataclasses.field(repr=False)  # tfds.data_source of the split
   tokens = None  # unknown until every example is tokenized: epochs count documents instead
 
   @classmethod
@@ -241,7 +241,12 @@ class TfdsSource:
       raise DataError(f"TFDS dataset {dataset} split {spec['split']!r} has no examples; give "
                       f"source {name!r} another split or set its share to 0")
     return cls(name=name, dataset=dataset, split=spec["split"], feature=spec["feature"],
-               data_dir=spec.get("data_dir"), tokenizer=tokenizer, size=len(records))
+               data_dir=spec.get("data_dir"), tokenizer=tokenizer, examples=records)
+
+  @property
+  def size(self) -> int:
+    """Examples in the split."""
+    return len(self.examples)
 
   @property
   def fix(self) -> str:
@@ -291,15 +296,13 @@ class TfdsTextRecords(grain.sources.RandomAccessDataSource):
     if on_bad_record not in ON_BAD_RECORD:
       raise ValueError(f"on_bad_record={on_bad_record!r}: give one of {ON_BAD_RECORD}")
     self.source, self.on_bad_record = source, on_bad_record
-    self._records = _tfds_records(source.dataset, source.split, source.data_dir)
-    self._dtype = np.dtype(np.int32)
 
   def __len__(self) -> int:
     return self.source.size
 
   def __getitem__(self, index: int) -> str | np.ndarray:
     try:
-      text = self._records[index][self.source.feature]
+      text = self.source.examples[index][self.source.feature]
     except Exception as error:  # whatever the file or the feature decoder raised
       return self._bad(index, f"cannot be read ({type(error).__name__}: {error})")
     if isinstance(text, bytes):
@@ -316,7 +319,7 @@ class TfdsTextRecords(grain.sources.RandomAccessDataSource):
   def _bad(self, index: int, problem: str) -> np.ndarray:
     where = (f"TFDS {self.source.dataset} split {self.source.split!r}: example {index} "
              f"(feature {self.source.feature!r})")
-    return bad_record(self.source, where, problem, self.on_bad_record, self._dtype)
+    return bad_record(self.source, where, problem, self.on_bad_record, np.dtype(np.int32))
 
 
 # Documents are read in blocks of this many (still in the per-document shuffled order) and the
@@ -521,6 +524,14 @@ def _slices_as_tuples(state):
   return state
 
 
+def process_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+  """Rows [p*B/P, (p+1)*B/P) of a global batch: process p's."""
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} does not divide over {process_count} processes")
+  rows = batch_size // process_count
+  return slice(process_index * rows, (process_index + 1) * rows)
+
+
 class SyntheticBatches:
   """Random tokens in place of a corpus (config.data.synthetic), for smoke tests and benchmarks
   without data: batch n is a function of (seed, n) alone, so it restores exactly. Its one
@@ -530,10 +541,7 @@ class SyntheticBatches:
 
   def __init__(self, *, batch_size: int, context_length: int, vocab_size: int, seed: int = 0,
                process_index: int = 0, process_count: int = 1):
-    if batch_size % process_count:
-      raise ValueError(f"batch_size {batch_size} does not divide over {process_count} processes")
-    rows = batch_size // process_count
-    self.rows = slice(process_index * rows, (process_index + 1) * rows)
+    self.rows = process_rows(batch_size, process_index, process_count)
     self.batch_size, self.context_length = batch_size, context_length
     self.vocab_size, self.seed = vocab_size, seed
     self.batches = 0
@@ -608,13 +616,14 @@ def open_sources(data_dir: str | Path | None, shares: Mapping[str, float], *,
              for name, share in shares.items() if share > 0]
   shards = [s for s in sources if isinstance(s, SourceShards)]
   made_by = {s.tokenizer_sha256 for s in shards}
-  if run_tokenizer is not None:
-    made_by.add(run_tokenizer.sha256)
+  run_sha256 = run_tokenizer.sha256 if run_tokenizer is not None else None  # reads the file
+  if run_sha256:
+    made_by.add(run_sha256)
   if len(made_by) > 1:
     raise DataError("sources were tokenized with different tokenizers: "
                     + ", ".join(f"{s.name} ({s.tokenizer_sha256[:12]})" for s in shards)
-                    + (f"; data.tokenizer {tokenizer} ({run_tokenizer.sha256[:12]}) for the TFDS "
-                       f"sources" if run_tokenizer else ""))
+                    + (f"; data.tokenizer {tokenizer} ({run_sha256[:12]}) for the TFDS sources"
+                       if run_sha256 else ""))
   for s in shards:
     if s.vocab_size > vocab_size:
       raise DataError(f"{s.directory / INDEX_FILE}: made with a tokenizer of {s.vocab_size} "
@@ -639,8 +648,7 @@ def make_iterator(data_dir: str | Path | None, shares: Mapping[str, float], *, b
   """
   if on_bad_record not in ON_BAD_RECORD:
     raise ValueError(f"on_bad_record={on_bad_record!r}: give one of {ON_BAD_RECORD}")
-  if batch_size % process_count:
-    raise ValueError(f"batch_size {batch_size} does not divide over {process_count} processes")
+  rows = process_rows(batch_size, process_index, process_count)
   sources = open_sources(data_dir, shares, vocab_size=vocab_size, tfds=tfds, tokenizer=tokenizer)
   if total_tokens:
     logging.info("planned epochs per source over %.3g tokens: %s", total_tokens,
@@ -652,9 +660,7 @@ def make_iterator(data_dir: str | Path | None, shares: Mapping[str, float], *, b
                                      on_bad_record=on_bad_record).map(_tag_source(i))
             for i, s in enumerate(sources)}
   mixed = grain.IterDataset.mix(pieces, {s.name: shares[s.name] for s in sources})
-  rows = batch_size // process_count
-  batches = mixed.batch(batch_size, batch_fn=_GlobalBatchRows(
-      slice(process_index * rows, (process_index + 1) * rows), len(sources)))
+  batches = mixed.batch(batch_size, batch_fn=_GlobalBatchRows(rows, len(sources)))
   return DataIterator(ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch_batches),
                       sources, context_length + 1)
 

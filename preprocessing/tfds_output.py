@@ -24,20 +24,17 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import apache_beam as beam
 
 from preprocessing import pipeline
 from preprocessing.document import Document
-from preprocessing.tokenize_shards import shard_of
+from preprocessing.tokenize_shards import shard_of, write_records
 
 DATASET = "llama_corpus"
 VERSION = "1.0.0"
 SPLIT = "train"
 FILE_FORMAT = "array_record"
-# group_size:1 for fast random access, as TFDS's ArrayRecord writer sets it.
-WRITER_OPTIONS = "group_size:1"
 # Shards when --num_shards is 0 (the runner's choice for JSONL): TFDS lists a fixed count.
 DEFAULT_SHARDS = 16
 # What a run writes to the dataset's directory, for pipeline.remove_previous_outputs: the
@@ -96,28 +93,13 @@ class SerializeDocuments(beam.DoFn):
     yield shard_of(doc.id, self.num_shards), (doc.id, self.encode(example))
 
 
-def _write_records(path: str, records) -> int:
-  """Writes records to `path` through a temporary name; returns their bytes."""
-  from array_record.python.array_record_module import ArrayRecordWriter
-
-  temporary = f"{path}.tmp-{uuid.uuid4().hex}"  # a retried bundle never leaves half a shard
-  writer = ArrayRecordWriter(temporary, WRITER_OPTIONS)
-  size = 0
-  for record in records:
-    writer.write(record)
-    size += len(record)
-  writer.close()
-  os.replace(temporary, path)
-  return size
-
-
 def write_shard(shard_and_docs, directory: str, num_shards: int) -> dict:
   """Writes one shard's examples in id order; returns its shard number, examples and bytes."""
   shard, docs = shard_and_docs
   records = [record for _, record in sorted(docs)]
-  size = _write_records(os.path.join(directory, shard_name(shard, num_shards)), records)
+  write_records(os.path.join(directory, shard_name(shard, num_shards)), records)
   pipeline.count("documents_written", len(records))
-  return {"shard": shard, "documents": len(records), "bytes": size}
+  return {"shard": shard, "documents": len(records), "bytes": sum(map(len, records))}
 
 
 def write_metadata(shards: list[dict], directory: str, num_shards: int, source: str) -> None:
@@ -127,7 +109,7 @@ def write_metadata(shards: list[dict], directory: str, num_shards: int, source: 
 
   written = {shard["shard"]: shard for shard in shards}
   for shard in sorted(set(range(num_shards)) - set(written)):
-    _write_records(os.path.join(directory, shard_name(shard, num_shards)), [])
+    write_records(os.path.join(directory, shard_name(shard, num_shards)), [])
     written[shard] = {"documents": 0, "bytes": 0}
   template = tfds.core.ShardedFileTemplate(data_dir=directory, template=
                                            "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",

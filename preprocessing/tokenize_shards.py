@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -84,22 +85,26 @@ def shard_name(shard: int, num_shards: int) -> str:
   return f"tokens-{shard:05d}-of-{num_shards:05d}.array_record"
 
 
+def write_records(path: str, records: Sequence[bytes]) -> None:
+  """An ArrayRecord file of `records`, written to a temporary name and renamed when complete:
+  a retried bundle never leaves half a shard."""
+  temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+  writer = ArrayRecordWriter(temporary, SHARD_WRITER_OPTIONS)
+  for record in records:
+    writer.write(record)
+  writer.close()
+  os.replace(temporary, path)
+
+
 def write_shard(shard_and_docs, output: str, num_shards: int, itemsize: int) -> dict:
   """Writes one shard's documents in id order; returns its index entry."""
   shard, docs = shard_and_docs
   name = shard_name(shard, num_shards)
-  path = os.path.join(output, name)
-  temporary = f"{path}.tmp-{uuid.uuid4().hex}"  # a retried bundle never leaves half a shard
-  writer = ArrayRecordWriter(temporary, SHARD_WRITER_OPTIONS)
-  documents = tokens = 0
-  for _, record in sorted(docs):
-    writer.write(record)
-    documents += 1
-    tokens += len(record) // itemsize
-  writer.close()
-  os.replace(temporary, path)
-  pipeline.count("documents_written", documents)
-  return {"file": name, "documents": documents, "tokens": tokens}
+  records = [record for _, record in sorted(docs)]
+  write_records(os.path.join(output, name), records)
+  pipeline.count("documents_written", len(records))
+  return {"file": name, "documents": len(records),
+          "tokens": sum(len(record) for record in records) // itemsize}
 
 
 def write_index(shards: list[dict], output: str, header: dict) -> None:
