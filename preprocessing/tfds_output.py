@@ -74,8 +74,13 @@ class ExampleEncoder:
     return self._serializer.get_tf_example(encoded).SerializeToString(deterministic=True)
 
 
-def shard_name(shard: int, num_shards: int) -> str:
-  return f"{DATASET}-{SPLIT}.{FILE_FORMAT}-{shard:05d}-of-{num_shards:05d}"
+def file_template(directory: str):
+  """TFDS's naming of the dataset's shard files (llama_corpus-train.array_record-00003-of-00016)."""
+  import tensorflow_datasets as tfds
+
+  return tfds.core.ShardedFileTemplate(
+      data_dir=directory, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+      dataset_name=DATASET, split=SPLIT, filetype_suffix=FILE_FORMAT)
 
 
 class SerializeDocuments(beam.DoFn):
@@ -97,7 +102,8 @@ def write_shard(shard_and_docs, directory: str, num_shards: int) -> dict:
   """Writes one shard's examples in id order; returns its shard number, examples and bytes."""
   shard, docs = shard_and_docs
   records = [record for _, record in sorted(docs)]
-  write_records(os.path.join(directory, shard_name(shard, num_shards)), records)
+  path = file_template(directory).sharded_filepath(shard_index=shard, num_shards=num_shards)
+  write_records(str(path), records)
   pipeline.count("documents_written", len(records))
   return {"shard": shard, "documents": len(records), "bytes": sum(map(len, records))}
 
@@ -107,14 +113,11 @@ def write_metadata(shards: list[dict], directory: str, num_shards: int, source: 
   to is written empty (TFDS lists every shard of the count)."""
   import tensorflow_datasets as tfds
 
+  template = file_template(directory)
   written = {shard["shard"]: shard for shard in shards}
   for shard in sorted(set(range(num_shards)) - set(written)):
-    write_records(os.path.join(directory, shard_name(shard, num_shards)), [])
+    write_records(str(template.sharded_filepath(shard_index=shard, num_shards=num_shards)), [])
     written[shard] = {"documents": 0, "bytes": 0}
-  template = tfds.core.ShardedFileTemplate(data_dir=directory, template=
-                                           "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-                                           dataset_name=DATASET, split=SPLIT,
-                                           filetype_suffix=FILE_FORMAT)
   split = tfds.core.SplitInfo(
       name=SPLIT, shard_lengths=[written[shard]["documents"] for shard in range(num_shards)],
       num_bytes=sum(shard["bytes"] for shard in written.values()), filename_template=template)
